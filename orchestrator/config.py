@@ -1,0 +1,123 @@
+"""SweepConfig: the TrialConfig every trial shares, plus what only the sweep needs (layers, seeds, resources,
+tracking). YAML files in `configs/` are presets of this one tree; errors are one line naming field and value.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from workers.config import TrialConfig
+from workers.config_base import Section
+
+
+class LayerRange(Section):
+    start: int = Field(0, ge=0)
+    stop: int | None = None
+    """Exclusive; None = the model's number of layers."""
+    step: int = Field(1, ge=1)
+
+
+class ResourcesConfig(Section):
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+    """Fractions pack several small-model trials onto one GPU (e.g. 0.25 = four per GPU)."""
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    """None = as many as the cluster's resources allow."""
+
+
+class TrackingConfig(Section):
+    tracking_uri: str | None = None
+    """MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/<name>/mlflow.db."""
+    experiment: str = "layersweep"
+
+
+class SweepConfig(TrialConfig):
+    name: str = "default"
+    """Sweep name; also the directory under output_dir that holds its results."""
+    layers: Literal["all"] | list[int] | LayerRange = "all"
+    """Candidate layers: all, an explicit list, or {start, stop, step}."""
+    seeds: list[int] | None = None
+    """Run every trial once per seed; None = just `seed`."""
+    include_base: bool = True
+    include_full: bool = True
+    resources: ResourcesConfig = ResourcesConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    output_dir: str = "runs"
+    max_failures: int = Field(2, ge=0)
+    """Retries per trial; a retry resumes from the trial's last checkpoint."""
+
+    @model_validator(mode="after")
+    def _seeds_unique(self) -> "SweepConfig":
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds={self.seeds} repeats a seed")
+        if isinstance(self.layers, list) and any(i < 0 for i in self.layers):
+            raise ValueError(f"layers={self.layers} has a negative index")
+        return self
+
+    def trial_config(self, seed: int | None = None) -> TrialConfig:
+        data = self.model_dump(include=set(TrialConfig.model_fields))
+        if seed is not None:
+            data["seed"] = seed
+        return TrialConfig.model_validate(data)
+
+    @property
+    def sweep_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message is one line naming the field and the value."""
+
+
+def _first_error_line(error: ValidationError) -> str:
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "<root>"
+    message = first["msg"].removeprefix("Value error, ")
+    shown = first.get("input")
+    value = "" if isinstance(shown, dict) else f" = {shown!r}"
+    more = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{field}{value}: {message}{more}"
+
+
+def parse_sweep_config(data: dict[str, Any], source: str = "<config>") -> SweepConfig:
+    try:
+        return SweepConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(f"{source}: {_first_error_line(error)}") from None
+
+
+def load_sweep_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    return parse_sweep_config(data, str(path))
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`budget.steps=5` -> ("budget.steps", 5); values parsed as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)

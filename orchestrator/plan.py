@@ -1,0 +1,35 @@
+"""The sweep plan: which trials run. Base and full references first, then one trial per candidate layer."""
+
+from __future__ import annotations
+
+from orchestrator.config import LayerRange, SweepConfig
+from workers.spec import TrialSpec
+
+
+def candidate_layers(layers: str | list[int] | LayerRange, num_layers: int) -> list[int]:
+    if layers == "all":
+        return list(range(num_layers))
+    if isinstance(layers, LayerRange):
+        stop = num_layers if layers.stop is None else layers.stop
+        chosen = list(range(layers.start, stop, layers.step))
+    else:
+        chosen = sorted(set(layers))
+    bad = [i for i in chosen if not 0 <= i < num_layers]
+    if bad:
+        raise ValueError(f"layers: {bad} out of range for a model with {num_layers} decoder layers (0-{num_layers - 1})")
+    if not chosen:
+        raise ValueError(f"layers={layers} selects no layer of a {num_layers}-layer model")
+    return chosen
+
+
+def plan_trials(cfg: SweepConfig, num_layers: int) -> list[TrialSpec]:
+    seeds = cfg.seeds or [cfg.seed]
+    specs: list[TrialSpec] = []
+    if cfg.include_base:  # greedy evaluation of fixed weights: one base trial serves every seed
+        specs.append(TrialSpec("base", seed=seeds[0]))
+    if cfg.include_full:
+        specs.extend(TrialSpec("full", seed=seed) for seed in seeds)
+    for layer in candidate_layers(cfg.layers, num_layers):
+        for seed in seeds:
+            specs.append(TrialSpec("layers", (layer,), seed=seed))
+    return specs

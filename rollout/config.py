@@ -1,0 +1,94 @@
+"""Config sections owned by the rollout side: how to sample, and which task to sample for."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from workers.config_base import Section
+
+
+class VllmConfig(Section):
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    """Fraction of one GPU's memory this engine may take; small so several trials pack on one GPU."""
+    kv_cache_gib: float = Field(1.0, gt=0)
+    """CPU only: KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE)."""
+    enable_sleep_mode: bool = False
+    """GPU only: put the engine to sleep during the policy update to free its memory."""
+    max_model_len: int = Field(512, gt=0)
+    """Longest prompt + completion the engine must hold."""
+
+
+class SamplingConfig(Section):
+    engine: Literal["hf", "vllm", "auto"] = "auto"
+    """Rollout engine: HF generate, vLLM, or vLLM when it is importable and HF otherwise."""
+    group_size: int = Field(8, ge=2)
+    """G: completions per prompt; group-relative advantages need at least 2."""
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(6, ge=1)
+    """Longest completion; also Dr. GRPO's constant loss normaliser per sequence."""
+    truncated_is_cap: float | None = Field(None, gt=0)
+    """If set, weight each token's policy loss by min(pi_trainer_old / pi_engine, cap) to correct the
+    trainer/engine log-prob mismatch (truncated importance sampling). Off by default."""
+    vllm: VllmConfig = VllmConfig()
+
+
+class ArithmeticConfig(Section):
+    min_digits: int = Field(2, ge=1, le=9)
+    max_digits: int = Field(3, ge=1, le=9)
+    """Operands have between min_digits and max_digits digits, written zero-padded to max_digits."""
+    num_train: int = Field(20000, ge=1)
+    num_eval: int = Field(400, ge=1)
+    reverse_answer: bool = True
+    """Write the sum least-significant digit first (`045+123=861`): each output digit then depends only on
+    digits already seen plus a carry, which a tiny model learns in a few hundred steps instead of thousands."""
+    seed: int = 1234
+    """Data seed; independent from the trial seed so every trial of a sweep sees the same data."""
+
+    @model_validator(mode="after")
+    def _digits_ordered(self) -> "ArithmeticConfig":
+        if self.min_digits > self.max_digits:
+            raise ValueError(f"min_digits={self.min_digits} is larger than max_digits={self.max_digits}")
+        return self
+
+
+class DatasetConfig(Section):
+    """A dataset loaded through `datasets`: a hub name or a local jsonl / json / parquet / arrow path."""
+
+    path: str
+    """Hub id (e.g. `openai/gsm8k`) or a local file / directory."""
+    subset: str | None = None
+    """Hub configuration name (e.g. `main` for gsm8k)."""
+    train_split: str = "train"
+    eval_split: str = "test"
+    prompt_field: str = "question"
+    answer_field: str = "answer"
+    meta_fields: list[str] = []
+    """Extra columns handed to the reward as keyword lists (e.g. `test_list` for MBPP)."""
+    prompt_template: str = "{prompt}"
+    """Used when the tokenizer has no chat template; `{prompt}` is replaced by the prompt field."""
+    use_chat_template: bool = True
+    max_train: int | None = None
+    max_eval: int | None = None
+
+
+class TaskConfig(Section):
+    kind: Literal["arithmetic", "math", "code", "agentic"] = "arithmetic"
+    """Which task family; selects the dataset builder and the default reward."""
+    arithmetic: ArithmeticConfig = ArithmeticConfig()
+    dataset: DatasetConfig | None = None
+    """Required for `math` and `code`."""
+    reward: str | None = None
+    """Optional plugin `package.module:function` with signature (prompts, completions, **meta) -> list[float]."""
+    format_reward: float = Field(0.0, ge=0)
+    """Weight of a bonus for a well-formed completion, added to the 0/1 correctness reward."""
+    env: dict[str, Any] = {}
+    """Environment options for `agentic` tasks (environment name, max_turns, ...)."""
+
+    @model_validator(mode="after")
+    def _dataset_for_dataset_tasks(self) -> "TaskConfig":
+        if self.kind in ("math", "code") and self.dataset is None:
+            raise ValueError(f"task.kind={self.kind!r} needs a task.dataset section")
+        return self

@@ -1,0 +1,128 @@
+"""HF `generate` rollout engine: the CPU fallback and the reference the vLLM engine is checked against.
+
+On CPU the engine shares the trainer's module, so a weight "sync" is free: `update_weights` only copies a
+tensor whose storage differs from the engine's own parameter.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable, Sequence
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rollout.engine import RolloutBatch, SamplingSettings
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded (ids_PS, mask_PS), as generation expects and as the trainer scores."""
+    rows = [tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for index, row in enumerate(rows):
+        if row:
+            ids[index, width - len(row) :] = torch.tensor(row)
+            mask[index, width - len(row) :] = 1
+    return ids, mask
+
+
+def completion_mask(completion_ids_NT: torch.Tensor, eos_token_id: int, pad_token_id: int) -> torch.Tensor:
+    """1 up to and including the first EOS; 0 after it (generate pads finished rows with pad tokens)."""
+    is_eos = completion_ids_NT == eos_token_id
+    after_eos = (torch.cumsum(is_eos.long(), dim=1) - is_eos.long()) > 0
+    mask = ~after_eos
+    if pad_token_id != eos_token_id:
+        mask &= completion_ids_NT != pad_token_id
+    return mask.long()
+
+
+class HFEngine:
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> RolloutBatch:
+        if settings.seed is not None:
+            torch.manual_seed(settings.seed)
+        prompt_ids_PS, prompt_mask_PS = encode_prompts(self.tokenizer, prompts)
+        group = settings.group_size
+        prompt_ids_NS = prompt_ids_PS.repeat_interleave(group, dim=0)
+        prompt_mask_NS = prompt_mask_PS.repeat_interleave(group, dim=0)
+        was_training = self.model.training
+        self.model.eval()
+        start = time.perf_counter()
+        output = self.model.generate(
+            input_ids=prompt_ids_NS,
+            attention_mask=prompt_mask_NS,
+            do_sample=True,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            top_k=0,
+            max_new_tokens=settings.max_new_tokens,
+            output_scores=True,
+            return_dict_in_generate=True,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+        seconds = time.perf_counter() - start
+        self.model.train(was_training)
+        completion_ids_NT = output.sequences[:, prompt_ids_NS.shape[1] :]
+        scores_NTV = torch.stack(output.scores, dim=1).float()
+        logp_NT = torch.log_softmax(scores_NTV, dim=-1).gather(-1, completion_ids_NT.unsqueeze(-1)).squeeze(-1)
+        mask_NT = completion_mask(completion_ids_NT, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+        completion_ids_NT = torch.where(mask_NT.bool(), completion_ids_NT, self.tokenizer.pad_token_id)
+        texts = self._decode(completion_ids_NT, mask_NT)
+        return RolloutBatch(
+            prompt_ids_NS=prompt_ids_NS,
+            prompt_mask_NS=prompt_mask_NS,
+            completion_ids_NT=completion_ids_NT,
+            completion_mask_NT=mask_NT,
+            sample_logp_NT=torch.where(mask_NT.bool(), logp_NT, 0.0),
+            group_index_N=torch.arange(len(prompts)).repeat_interleave(group),
+            completions_text=texts,
+            stats={"generate_seconds": seconds, "generated_tokens": float(mask_NT.sum())},
+        )
+
+    @torch.no_grad()
+    def greedy(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+        prompt_ids, prompt_mask = encode_prompts(self.tokenizer, prompts)
+        was_training = self.model.training
+        self.model.eval()
+        sequences = self.model.generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+        self.model.train(was_training)
+        completion_ids = sequences[:, prompt_ids.shape[1] :]
+        return self._decode(completion_ids, completion_mask(completion_ids, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id))
+
+    @torch.no_grad()
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, float]:
+        start = time.perf_counter()
+        params = dict(self.model.named_parameters())
+        sent = 0
+        for name, tensor in named_tensors:
+            if name not in params:
+                raise KeyError(f"update_weights: the engine's model has no parameter {name!r}")
+            target = params[name]
+            if target.data_ptr() != tensor.data_ptr():
+                target.copy_(tensor)
+            sent += tensor.numel() * tensor.element_size()
+        return {"sync_bytes": float(sent), "sync_seconds": time.perf_counter() - start}
+
+    def close(self) -> None:
+        return None
+
+    def _decode(self, completion_ids_NT: torch.Tensor, mask_NT: torch.Tensor) -> list[str]:
+        texts = []
+        for ids, mask in zip(completion_ids_NT.tolist(), mask_NT.tolist()):
+            kept = [token for token, keep in zip(ids, mask) if keep]
+            texts.append(self.tokenizer.decode(kept, skip_special_tokens=True))
+        return texts

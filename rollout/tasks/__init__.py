@@ -1,0 +1,1 @@
+"""Tasks: a dataset of prompts with reference answers, plus a plain reward function."""

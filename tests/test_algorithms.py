@@ -1,0 +1,82 @@
+"""Advantage estimators and losses against hand-computed values."""
+
+import math
+
+import pytest
+import torch
+
+from workers.algorithms import ADVANTAGE_ESTIMATORS, LOSS_AGGREGATIONS, k3_kl, ppo_clip_token_loss
+from workers.algorithms.registry import Registry
+
+
+def test_grpo_advantage_hand_computed():
+    # group [1, 0, 0, 1]: mean 0.5, unbiased std sqrt(1/3) = 0.57735
+    adv = ADVANTAGE_ESTIMATORS.get("grpo")(torch.tensor([1.0, 0.0, 0.0, 1.0]), 4, eps=0.0)
+    expected = 0.5 / math.sqrt(1 / 3)
+    assert torch.allclose(adv, torch.tensor([expected, -expected, -expected, expected]), atol=1e-6)
+
+
+def test_dr_grpo_advantage_has_no_std_division():
+    adv = ADVANTAGE_ESTIMATORS.get("dr_grpo")(torch.tensor([1.0, 0.0, 0.0, 0.0, 2.0, 2.0, 2.0, 4.0]), 4)
+    assert torch.allclose(adv, torch.tensor([0.75, -0.25, -0.25, -0.25, -0.5, -0.5, -0.5, 1.5]))
+
+
+@pytest.mark.parametrize("name", ["grpo", "dr_grpo"])
+def test_equal_rewards_give_zero_advantage_not_nan(name):
+    adv = ADVANTAGE_ESTIMATORS.get(name)(torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0]), 3)
+    assert torch.equal(adv, torch.zeros(6))
+
+
+def test_registry_rejects_duplicates_and_unknown_names():
+    registry = Registry("thing")
+    registry.register("a")(lambda: 1)
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register("a")(lambda: 2)
+    with pytest.raises(KeyError, match="unknown thing 'b'"):
+        registry.get("b")
+
+
+def test_ppo_clip_hand_computed():
+    logp = torch.log(torch.tensor([[1.5, 0.5, 1.0]]))  # ratios 1.5, 0.5, 1.0 against old logp 0
+    old = torch.zeros(1, 3)
+    loss, clipped = ppo_clip_token_loss(logp, old, torch.tensor([2.0]), clip_eps_low=0.2, clip_eps_high=0.3)
+    # A>0: min(1.5*2, 1.3*2)=2.6 ; min(0.5*2, 0.8*2)=1.0 ; min(2, 2)=2
+    assert torch.allclose(loss, torch.tensor([[-2.6, -1.0, -2.0]]))
+    assert clipped.tolist() == [[True, False, False]]
+    loss_neg, clipped_neg = ppo_clip_token_loss(logp, old, torch.tensor([-1.0]), 0.2, 0.3)
+    # A<0: min(-1.5, -1.3) = -1.5 ; min(-0.5, -0.8) = -0.8 ; -1
+    assert torch.allclose(loss_neg, torch.tensor([[1.5, 0.8, 1.0]]))
+    assert clipped_neg.tolist() == [[False, True, False]]
+
+
+def test_k3_kl_hand_computed_and_nonnegative():
+    logp = torch.tensor([[math.log(0.5), math.log(0.25)]])
+    ref = torch.tensor([[math.log(0.25), math.log(0.25)]])
+    kl = k3_kl(logp, ref)
+    # r = ref/pi = 0.5 -> 0.5 - ln 0.5 - 1 = 0.193147 ; equal -> 0
+    assert torch.allclose(kl, torch.tensor([[0.5 - math.log(0.5) - 1, 0.0]]), atol=1e-6)
+    assert (k3_kl(torch.randn(4, 5), torch.randn(4, 5)) >= 0).all()
+
+
+def test_aggregations_hand_computed():
+    loss = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    token_mean = LOSS_AGGREGATIONS.get("token-mean")
+    assert token_mean.numerator(loss, mask) / token_mean.denominator(mask, 5) == pytest.approx(10 / 4)
+    seq_mean = LOSS_AGGREGATIONS.get("seq-mean-token-mean")
+    assert seq_mean.numerator(loss, mask) / seq_mean.denominator(mask, 5) == pytest.approx((2.0 + 4.0) / 2)
+    constant = LOSS_AGGREGATIONS.get("constant-normalizer")
+    assert constant.numerator(loss, mask) / constant.denominator(mask, 5) == pytest.approx(10 / (5 * 2))
+
+
+@pytest.mark.parametrize("name", ["token-mean", "seq-mean-token-mean", "constant-normalizer"])
+def test_aggregation_is_invariant_to_micro_batching(name):
+    torch.manual_seed(0)
+    loss = torch.randn(6, 5)
+    mask = (torch.rand(6, 5) > 0.3).float()
+    mask[:, 0] = 1
+    agg = LOSS_AGGREGATIONS.get(name)
+    whole = agg.numerator(loss, mask) / agg.denominator(mask, 5)
+    den = agg.denominator(mask, 5)
+    parts = sum(agg.numerator(loss[i : i + 2], mask[i : i + 2]) / den for i in range(0, 6, 2))
+    assert torch.allclose(whole, parts)

@@ -1,0 +1,181 @@
+"""The single-layer trainer on real tiny Qwen2 models: what trains, what is skipped, what stays invariant."""
+
+import json
+
+import pytest
+import torch
+
+from rollout.engine import SamplingSettings
+from rollout.hf_engine import HFEngine
+from workers.config import AlgorithmConfig
+from workers.policy import PolicyScorer, ScoringInputs
+from workers.reference import ReferenceWeights
+from workers.spec import TrialSpec
+from workers.trainable import find_decoder_layout, select_trainable
+from workers.update import UpdateBatch, policy_update
+
+PROMPTS = ["12+34=", "5+7=", "99+1=", "3+3="]
+
+
+def _batch(model, tokenizer, group_size=4, seed=0):
+    return HFEngine(model, tokenizer).generate(PROMPTS, SamplingSettings(group_size=group_size, max_new_tokens=5, seed=seed))
+
+
+def test_rollout_batch_layout(tiny_model, tokenizer):
+    batch = _batch(tiny_model, tokenizer)
+    assert batch.completion_ids_NT.shape[0] == len(PROMPTS) * 4
+    assert batch.group_index_N.tolist() == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4
+    assert (batch.sample_logp_NT[batch.completion_mask_NT == 0] == 0).all()
+    assert (batch.sample_logp_NT[batch.completion_mask_NT == 1] <= 0).all()
+    eos_positions = (batch.completion_ids_NT == tokenizer.eos_token_id).nonzero()
+    for row, column in eos_positions.tolist():  # EOS is inside the mask, nothing after it is
+        assert batch.completion_mask_NT[row, column] == 1
+        assert batch.completion_mask_NT[row, column + 1 :].sum() == 0
+
+
+@pytest.mark.parametrize("layer", [0, 2, 3])
+def test_prefix_scoring_equals_full_forward_and_engine(tiny_model, tokenizer, layer):
+    batch = _batch(tiny_model, tokenizer)
+    inputs = ScoringInputs.from_batch(batch)
+    layout = find_decoder_layout(tiny_model)
+    full_scorer = PolicyScorer(tiny_model, layout, None)
+    prefix_scorer = PolicyScorer(tiny_model, layout, layer)
+    assert prefix_scorer.uses_prefix
+    with torch.no_grad():
+        full_logp, _ = full_scorer.token_logp(inputs, None)
+        prefix_logp, _ = prefix_scorer.token_logp(inputs, prefix_scorer.prefix(inputs))
+    mask = batch.completion_mask_NT.bool()
+    assert torch.allclose(full_logp[mask], prefix_logp[mask], atol=1e-5)
+    assert torch.allclose(full_logp[mask], batch.sample_logp_NT[mask], atol=1e-4)
+
+
+def test_no_gradient_reaches_below_the_trainable_layer(tiny_model, tokenizer):
+    selection = select_trainable(tiny_model, TrialSpec("layers", (2,)))
+    batch = _batch(tiny_model, tokenizer)
+    inputs = ScoringInputs.from_batch(batch)
+    scorer = PolicyScorer(tiny_model, selection.layout, selection.lowest_layer)
+    prefix = scorer.prefix(inputs)
+    assert not prefix.hidden_NLH.requires_grad  # the prefix holds no autograd graph
+    logp, _ = scorer.token_logp(inputs, prefix)
+    logp.sum().backward()
+    grads = {name: p.grad for name, p in tiny_model.named_parameters()}
+    assert all(g is not None for n, g in grads.items() if n.startswith("model.layers.2."))
+    assert all(g is None for n, g in grads.items() if not n.startswith("model.layers.2."))
+
+
+def test_selection_errors_name_what_was_found(tiny_model):
+    with pytest.raises(ValueError, match=r"layer 7 is out of range: Qwen2ForCausalLM has 4 decoder layers \(model.layers.0-3\)"):
+        select_trainable(tiny_model, TrialSpec("layers", (7,)))
+    with pytest.raises(ValueError, match="no recognisable decoder-layer list"):
+        find_decoder_layout(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_tied_embeddings_stay_frozen_for_a_layer_trial(tiny_model):
+    assert tiny_model.lm_head.weight is tiny_model.model.embed_tokens.weight
+    selection = select_trainable(tiny_model, TrialSpec("layers", (1,)))
+    assert all(name.startswith("model.layers.1.") for name in selection.parameter_names)
+    assert not tiny_model.lm_head.weight.requires_grad
+
+
+def _update(model, tokenizer, micro_batch_size, layer=1):
+    torch.manual_seed(0)
+    selection = select_trainable(model, TrialSpec("layers", (layer,)))
+    params = [p for n, p in model.named_parameters() if n in selection.parameter_names]
+    batch = _batch(model, tokenizer, seed=1)
+    adv = torch.linspace(-1, 1, batch.num_rows)
+    optimizer = torch.optim.SGD(params, lr=0.1)
+    algorithm = AlgorithmConfig(micro_batch_size=micro_batch_size, kl_beta=0.1)
+    stats = policy_update(
+        PolicyScorer(model, selection.layout, layer), optimizer, params,
+        UpdateBatch(ScoringInputs.from_batch(batch), adv, batch.sample_logp_NT), algorithm, 5, 1e9,
+        ReferenceWeights(model, selection.parameter_names),
+    )
+    return {n: p.detach().clone() for n, p in model.named_parameters() if n in selection.parameter_names}, stats
+
+
+def test_update_is_invariant_to_micro_batch_size(tokenizer):
+    from workers.base_model import build_untrained_model
+    from workers.config import EmbeddedModelConfig
+
+    cfg = EmbeddedModelConfig(num_layers=3, hidden_size=32, intermediate_size=64, num_heads=2, num_kv_heads=1, seed=5)
+    whole, stats_whole = _update(build_untrained_model(cfg, len(tokenizer), 0, 1), tokenizer, micro_batch_size=64)
+    parts, stats_parts = _update(build_untrained_model(cfg, len(tokenizer), 0, 1), tokenizer, micro_batch_size=3)
+    assert stats_whole["loss"] == pytest.approx(stats_parts["loss"], abs=1e-5)
+    for name in whole:
+        assert torch.allclose(whole[name], parts[name], atol=1e-6), name
+
+
+def test_reference_keeps_only_trainable_weights_and_restores(tiny_model):
+    selection = select_trainable(tiny_model, TrialSpec("layers", (2,)))
+    reference = ReferenceWeights(tiny_model, selection.parameter_names)
+    assert set(reference.original) == set(selection.parameter_names)
+    layer_bytes = sum(p.numel() * 4 for n, p in tiny_model.named_parameters() if n.startswith("model.layers.2."))
+    assert reference.num_bytes == layer_bytes
+    weight = tiny_model.model.layers[2].mlp.up_proj.weight
+    with torch.no_grad():
+        weight.add_(1.0)
+    trained = weight.detach().clone()
+    with reference.active(tiny_model):
+        assert torch.equal(weight, reference.original["model.layers.2.mlp.up_proj.weight"])
+    assert torch.equal(weight, trained)
+
+
+@pytest.mark.parametrize("spec_args", [("layers", (1,)), ("full", ()), ("base", ())])
+def test_trial_changes_exactly_the_selected_parameters(tiny_config_path, tmp_path, spec_args):
+    from orchestrator.config import load_sweep_config
+    from workers.trial import LayerTrial
+
+    cfg = load_sweep_config(tiny_config_path).trial_config()
+    spec = TrialSpec(*spec_args)
+    trial = LayerTrial(cfg.model_copy(update={"budget": cfg.budget.model_copy(update={"steps": 3})}), spec)
+    trial.setup()
+    before = {n: p.detach().clone() for n, p in trial.model.named_parameters()}
+    while not trial.done:
+        trial.train_step()
+    changed = {n for n, p in trial.model.named_parameters() if not torch.equal(p, before[n])}
+    expected = set(trial.selection.parameter_names)
+    assert changed == expected
+    if spec.kind == "layers":
+        assert expected and all(n.startswith("model.layers.1.") for n in expected)
+    elif spec.kind == "full":
+        assert expected == set(before)
+    else:
+        assert expected == set()
+
+
+def test_non_finite_reward_stops_with_clear_error_and_keeps_metrics(tiny_config_path, tmp_path, monkeypatch):
+    from orchestrator.config import load_sweep_config
+    from rollout.tasks.arithmetic import ArithmeticTask
+    from workers.runner import run_trial
+    from workers.update import NonFiniteLossError
+
+    cfg = load_sweep_config(tiny_config_path, {"budget.steps": 4}).trial_config()
+    real_reward = ArithmeticTask.reward
+    calls = []
+
+    def reward_turning_nan(self, prompts, completions, **meta):
+        calls.append(1)
+        rewards = real_reward(self, prompts, completions, **meta)
+        return [float("nan")] * len(rewards) if len(calls) == 3 else rewards
+
+    monkeypatch.setattr(ArithmeticTask, "reward", reward_turning_nan)
+    with pytest.raises(NonFiniteLossError, match=r"step 3: reward function returned a non-finite value"):
+        run_trial(cfg, TrialSpec("layers", (1,)), tmp_path / "trial")
+    lines = (tmp_path / "trial" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2]
+
+
+def test_non_finite_loss_raises_before_the_optimizer_step(tiny_model, tokenizer):
+    from workers.update import NonFiniteLossError
+
+    selection = select_trainable(tiny_model, TrialSpec("layers", (1,)))
+    params = [p for n, p in tiny_model.named_parameters() if n in selection.parameter_names]
+    before = [p.detach().clone() for p in params]
+    batch = _batch(tiny_model, tokenizer)
+    adv = torch.full((batch.num_rows,), float("inf"))
+    with pytest.raises(NonFiniteLossError, match="loss is nan|loss is inf|loss is -inf"):
+        policy_update(
+            PolicyScorer(tiny_model, selection.layout, 1), torch.optim.AdamW(params), params,
+            UpdateBatch(ScoringInputs.from_batch(batch), adv, batch.sample_logp_NT), AlgorithmConfig(), 5, 1.0,
+        )
+    assert all(torch.equal(p, b) for p, b in zip(params, before))

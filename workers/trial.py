@@ -1,0 +1,214 @@
+"""One trial: RL with a chosen trainable set, in coarse steps (setup / train_step / evaluate / state I/O).
+
+The same object backs the `layersweep trial` command and the Ray Tune trainable, so a sweep trial and a
+hand-run trial execute identical code. Every trial of a sweep shares model, data order, rollout seeds and
+budget; only the trainable set differs.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rollout.engine import RolloutEngine, SamplingSettings
+from rollout.factory import build_engine
+from rollout.hf_engine import HFEngine
+from rollout.tasks.base import Task, TaskExample, reward_meta
+from rollout.tasks.registry import build_task, task_fingerprint
+from workers.algorithms import ADVANTAGE_ESTIMATORS
+from workers.base_model import ensure_embedded_model, examples_to_pairs, load_model_and_tokenizer
+from workers.checkpoint import rng_state, set_rng_state, tensors_checksum
+from workers.config import TrialConfig
+from workers.evaluate import greedy_accuracy, pass_at_k
+from workers.policy import PolicyScorer, ScoringInputs
+from workers.reference import ReferenceWeights
+from workers.spec import TrialSpec
+from workers.trainable import select_trainable
+from workers.update import NonFiniteLossError, UpdateBatch, policy_update
+
+log = logging.getLogger(__name__)
+
+PRETRAIN_EVAL_PROMPTS = 200
+
+
+def resolve_model_dir(cfg: TrialConfig) -> Path | str:
+    """The embedded model's cache dir (built on first use) or the configured HF dir / hub id."""
+    if cfg.model.source != "embedded":
+        return cfg.model.source
+    from workers.tokenizer import build_tokenizer
+
+    task = build_task(cfg.task, build_tokenizer())
+
+    def accuracy_factory(tokenizer):
+        examples = list(task.eval_examples())[:PRETRAIN_EVAL_PROMPTS]
+
+        def accuracy(model) -> float:
+            return greedy_accuracy(HFEngine(model, tokenizer), task, examples, cfg.rollout.max_new_tokens, cfg.eval.batch_size)
+
+        return accuracy
+
+    return ensure_embedded_model(
+        cfg.model, task_fingerprint(cfg.task), lambda: examples_to_pairs(task.train_examples()), accuracy_factory
+    )
+
+
+class LayerTrial:
+    def __init__(self, cfg: TrialConfig, spec: TrialSpec) -> None:
+        self.cfg = cfg
+        self.spec = spec
+        self.step = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def setup(self, num_threads: int | None = None) -> None:
+        cfg = self.cfg
+        torch.set_num_threads(cfg.num_threads or num_threads or torch.get_num_threads())
+        self.model_dir = resolve_model_dir(cfg)
+        self.model, self.tokenizer = load_model_and_tokenizer(self.model_dir, cfg.model.dtype)
+        self.task: Task = build_task(cfg.task, self.tokenizer)
+        self.train_examples: list[TaskExample] = list(self.task.train_examples())
+        eval_examples = list(self.task.eval_examples())
+        self.eval_examples = eval_examples[: cfg.eval.num_prompts] if cfg.eval.num_prompts else eval_examples
+        self.selection = select_trainable(self.model, self.spec)
+        params = dict(self.model.named_parameters())
+        self.trainable = {name: params[name] for name in self.selection.parameter_names}
+        self.num_layers = self.selection.layout.num_layers
+        lr = cfg.optim.lr_full if self.spec.kind == "full" else cfg.optim.lr_layers
+        self.optimizer = torch.optim.AdamW(
+            list(self.trainable.values()) or [torch.nn.Parameter(torch.zeros(1))],
+            lr=lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay,
+        )
+        warmup = max(cfg.optim.warmup_steps, 1)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        self.reference = ReferenceWeights(self.model, self.selection.parameter_names) if cfg.algorithm.kl_beta > 0 else None
+        self.scorer = PolicyScorer(self.model, self.selection.layout, self.selection.lowest_layer, cfg.rollout.temperature)
+        self.engine: RolloutEngine = build_engine(cfg.rollout, self.model, self.tokenizer, Path(self.model_dir), self.cfg.seed)
+        self.estimator = ADVANTAGE_ESTIMATORS.get("dr_grpo" if cfg.algorithm.name == "dr_grpo" else "grpo")
+        order = np.random.default_rng(cfg.seed).permutation(len(self.train_examples))
+        self.data_order = order.tolist()
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+
+    @property
+    def total_steps(self) -> int:
+        return 0 if self.spec.kind == "base" else self.cfg.budget.steps
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.total_steps
+
+    # -- training --------------------------------------------------------------------------------------
+    def _step_examples(self) -> list[TaskExample]:
+        """Data position is a pure function of the step, so a resumed trial sees exactly the same prompts."""
+        count = self.cfg.budget.prompts_per_step
+        start = self.step * count
+        return [self.train_examples[self.data_order[(start + k) % len(self.data_order)]] for k in range(count)]
+
+    def train_step(self) -> dict[str, Any]:
+        cfg = self.cfg
+        started = time.perf_counter()
+        examples = self._step_examples()
+        settings = SamplingSettings(
+            group_size=cfg.rollout.group_size,
+            max_new_tokens=cfg.rollout.max_new_tokens,
+            temperature=cfg.rollout.temperature,
+            top_p=cfg.rollout.top_p,
+            seed=cfg.seed * 1_000_003 + self.step,
+        )
+        batch = self.engine.generate([e.prompt for e in examples], settings)
+        grouped = [examples[int(i)] for i in batch.group_index_N]
+        prompts = [e.prompt for e in grouped]
+        try:
+            rewards = self.task.reward(prompts, batch.completions_text, **reward_meta(grouped))
+        except Exception as error:  # a user reward plugin must not lose the trial's progress silently
+            raise RuntimeError(f"step {self.step + 1}: task reward raised {type(error).__name__}: {error}") from error
+        rewards_N = torch.tensor(rewards, dtype=torch.float32)
+        if not torch.isfinite(rewards_N).all():
+            raise NonFiniteLossError(f"step {self.step + 1}: reward function returned a non-finite value")
+        adv_N = self.estimator(rewards_N, cfg.rollout.group_size, cfg.algorithm.adv_eps)
+        rollout_seconds = time.perf_counter() - started
+        update_started = time.perf_counter()
+        try:
+            stats = policy_update(
+                self.scorer,
+                self.optimizer,
+                list(self.trainable.values()),
+                UpdateBatch(ScoringInputs.from_batch(batch), adv_N, batch.sample_logp_NT),
+                cfg.algorithm,
+                cfg.rollout.max_new_tokens,
+                cfg.optim.max_grad_norm,
+                self.reference,
+                cfg.rollout.truncated_is_cap,
+            )
+        except NonFiniteLossError as error:
+            raise NonFiniteLossError(f"step {self.step + 1}: {error}; trial stopped, earlier steps are kept") from None
+        self.scheduler.step()
+        sync = self.engine.update_weights(self.trainable.items())
+        update_seconds = time.perf_counter() - update_started
+        self.step += 1
+        correct = [float(self.task.is_correct(c, e)) for c, e in zip(batch.completions_text, grouped)]
+        tokens = float(batch.completion_mask_NT.sum())
+        seconds = time.perf_counter() - started
+        return {
+            "step": self.step,
+            "reward_mean": float(rewards_N.mean()),
+            "reward_std": float(rewards_N.std()),
+            "accuracy": sum(correct) / len(correct),
+            "tokens_per_second": tokens / seconds,
+            "step_seconds": seconds,
+            "rollout_seconds": rollout_seconds,
+            "update_seconds": update_seconds,
+            "lr": self.scheduler.get_last_lr()[0],
+            "completion_tokens_mean": tokens / batch.num_rows,
+            **stats,
+            **sync,
+        }
+
+    # -- evaluation ------------------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        started = time.perf_counter()
+        result = {
+            "score": greedy_accuracy(self.engine, self.task, self.eval_examples, self.cfg.rollout.max_new_tokens, self.cfg.eval.batch_size),
+            "eval_size": float(len(self.eval_examples)),
+        }
+        if self.cfg.eval.pass_k:
+            result[f"pass@{self.cfg.eval.pass_k}"] = pass_at_k(
+                self.engine, self.task, self.eval_examples, self.cfg.eval.pass_k, self.cfg.rollout, seed=self.cfg.seed
+            )
+        result["eval_seconds"] = time.perf_counter() - started
+        return result
+
+    # -- state -----------------------------------------------------------------------------------------
+    def trainable_checksum(self) -> str:
+        return tensors_checksum(self.trainable)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec.to_dict(),
+            "step": self.step,
+            "trainable": {name: p.detach().clone() for name, p in self.trainable.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(),
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if TrialSpec.from_dict(state["spec"]) != self.spec:
+            raise ValueError(f"checkpoint is for trial {state['spec']}, not {self.spec.to_dict()}")
+        for name, value in state["trainable"].items():
+            self.trainable[name].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        self.engine.update_weights(self.trainable.items())
+
+    def close(self) -> None:
+        self.engine.close()

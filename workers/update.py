@@ -1,0 +1,101 @@
+"""One policy update from one rollout batch: PPO-clip epochs over micro-batches with gradient accumulation.
+
+The loss denominator is computed once from the whole batch's masks, so micro-batching cannot change the
+update. A non-finite loss or gradient aborts before `optimizer.step`, so weights are never corrupted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from workers.algorithms import LOSS_AGGREGATIONS, k3_kl, ppo_clip_token_loss
+from workers.config import AlgorithmConfig
+from workers.policy import PolicyScorer, ScoringInputs
+from workers.reference import ReferenceWeights
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient became NaN/inf; the trial stops and keeps what it already wrote."""
+
+
+@dataclass
+class UpdateBatch:
+    inputs: ScoringInputs
+    adv_N: torch.Tensor
+    sample_logp_NT: torch.Tensor
+    """Engine-side log-probs of the sampled tokens (for the mismatch metric and truncated IS)."""
+
+
+def _row_slices(num_rows: int, micro_batch_size: int) -> list[slice]:
+    return [slice(start, min(start + micro_batch_size, num_rows)) for start in range(0, num_rows, micro_batch_size)]
+
+
+def policy_update(
+    scorer: PolicyScorer,
+    optimizer: torch.optim.Optimizer,
+    trainable_params: list[torch.nn.Parameter],
+    batch: UpdateBatch,
+    algorithm: AlgorithmConfig,
+    max_new_tokens: int,
+    max_grad_norm: float,
+    reference: ReferenceWeights | None = None,
+    truncated_is_cap: float | None = None,
+) -> dict[str, float]:
+    aggregation = LOSS_AGGREGATIONS.get(algorithm.aggregation)
+    mask_NT = batch.inputs.completion_mask_NT.float()
+    denominator = aggregation.denominator(mask_NT, max_new_tokens)
+    slices = _row_slices(mask_NT.shape[0], algorithm.micro_batch_size)
+    micro = [batch.inputs.rows(rows) for rows in slices]
+    prefixes = [scorer.prefix(inputs) for inputs in micro]
+
+    with torch.no_grad():
+        needs_old = algorithm.ppo_epochs > 1 or truncated_is_cap is not None
+        old_logps = [scorer.token_logp(i, p)[0] for i, p in zip(micro, prefixes)] if needs_old else None
+        ref_logps = None
+        if reference is not None and algorithm.kl_beta > 0:
+            with reference.active(scorer.model):
+                ref_logps = [scorer.token_logp(i, p)[0] for i, p in zip(micro, prefixes)]
+
+    totals = {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0, "logp_mismatch": 0.0}
+    num_tokens = float(mask_NT.sum().clamp(min=1))
+    grad_norm = 0.0
+    for epoch in range(algorithm.ppo_epochs):
+        optimizer.zero_grad(set_to_none=True)
+        for index, (rows, inputs, prefix) in enumerate(zip(slices, micro, prefixes)):
+            first_epoch = epoch == 0
+            logp_NT, entropy_NT = scorer.token_logp(inputs, prefix, with_entropy=first_epoch)
+            old_NT = old_logps[index] if old_logps is not None else logp_NT.detach()
+            mb_mask_NT = mask_NT[rows]
+            pg_NT, clipped_NT = ppo_clip_token_loss(
+                logp_NT, old_NT, batch.adv_N[rows], algorithm.clip_eps_low, algorithm.clip_eps_high
+            )
+            if truncated_is_cap is not None:
+                is_weight_NT = torch.exp(old_NT - batch.sample_logp_NT[rows]).clamp(max=truncated_is_cap)
+                pg_NT = pg_NT * is_weight_NT
+            loss_NT = pg_NT
+            if ref_logps is not None:
+                kl_NT = k3_kl(logp_NT, ref_logps[index])
+                loss_NT = loss_NT + algorithm.kl_beta * kl_NT
+                if first_epoch:
+                    totals["kl"] += float((kl_NT.detach() * mb_mask_NT).sum()) / num_tokens
+            loss = aggregation.numerator(loss_NT, mb_mask_NT) / denominator
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"loss is {float(loss)} (epoch {epoch}, rows {rows.start}-{rows.stop - 1})")
+            loss.backward()
+            if first_epoch:
+                totals["loss"] += loss.item()
+                totals["pg_loss"] += float(aggregation.numerator(pg_NT.detach(), mb_mask_NT)) / denominator
+                totals["clip_fraction"] += float((clipped_NT.float() * mb_mask_NT).sum()) / num_tokens
+                totals["entropy"] += float((entropy_NT * mb_mask_NT).sum()) / num_tokens
+                mismatch_NT = (old_NT.detach() - batch.sample_logp_NT[rows]).abs()
+                totals["logp_mismatch"] += float((mismatch_NT * mb_mask_NT).sum()) / num_tokens
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable_params, max_grad_norm))
+        if not math.isfinite(grad_norm):
+            optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(f"gradient norm is {grad_norm} (epoch {epoch})")
+        optimizer.step()
+    totals["grad_norm"] = grad_norm
+    return totals
