@@ -68,10 +68,28 @@ class DatasetConfig(Section):
     meta_fields: list[str] = []
     """Extra columns handed to the reward as keyword lists (e.g. `test_list` for MBPP)."""
     prompt_template: str = "{prompt}"
-    """Used when the tokenizer has no chat template; `{prompt}` is replaced by the prompt field."""
+    """`{prompt}` is replaced by the prompt field and `{column}` by that column; other braces stay. With a
+    chat template the filled text becomes the user message, without one it is the whole prompt."""
     use_chat_template: bool = True
     max_train: int | None = None
     max_eval: int | None = None
+    eval_path: str | None = None
+    """Evaluate on another dataset (e.g. train on MATH, evaluate on MATH-500); None = `path`."""
+    eval_subset: str | None = None
+    """Hub configuration of `eval_path`."""
+
+
+class CodeConfig(Section):
+    """How the code task runs candidate programs (see rollout.sandbox)."""
+
+    timeout_s: float = Field(5.0, gt=0)
+    """Wall-clock limit per program, tests included."""
+    memory_mb: int = Field(1024, ge=64)
+    """Address-space limit per process."""
+    partial_credit: bool = False
+    """Reward = fraction of separate tests passed (MBPP asserts) instead of 1 only when all pass."""
+    max_workers: int | None = Field(None, ge=1)
+    """Programs run at once; None = the CPUs this process may use."""
 
 
 class TaskConfig(Section):
@@ -84,6 +102,8 @@ class TaskConfig(Section):
     """Optional plugin `package.module:function` with signature (prompts, completions, **meta) -> list[float]."""
     format_reward: float = Field(0.0, ge=0)
     """Weight of a bonus for a well-formed completion, added to the 0/1 correctness reward."""
+    code: CodeConfig = CodeConfig()
+    """Sandbox settings of the `code` task."""
     env: dict[str, Any] = {}
     """Environment options for `agentic` tasks (environment name, max_turns, ...)."""
 

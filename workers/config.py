@@ -27,7 +27,8 @@ class EmbeddedModelConfig(Section):
     """Upper bound on supervised steps; pre-training stops earlier once eval accuracy reaches the target."""
     pretrain_target_accuracy: float = Field(0.45, ge=0, le=1)
     """Stop pre-training at the first check whose greedy eval accuracy reaches this, leaving room for RL."""
-    pretrain_check_every: int = Field(50, ge=1)
+    pretrain_check_every: int = Field(10, ge=1)
+    """Steps between accuracy checks; small, because accuracy jumps within a few dozen steps."""
     pretrain_batch_size: int = Field(128, ge=1)
     pretrain_lr: float = Field(1e-3, gt=0)
     seed: int = 0

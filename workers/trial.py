@@ -54,7 +54,7 @@ def resolve_model_dir(cfg: TrialConfig) -> Path | str:
         return accuracy
 
     return ensure_embedded_model(
-        cfg.model, task_fingerprint(cfg.task), lambda: examples_to_pairs(task.train_examples()), accuracy_factory
+        cfg.model, task_fingerprint(task), lambda: examples_to_pairs(task.train_examples()), accuracy_factory
     )
 
 

