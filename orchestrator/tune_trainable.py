@@ -7,6 +7,7 @@ filesystem needed on a cluster).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -17,7 +18,7 @@ from ray import tune
 from workers.checkpoint import load_checkpoint, save_checkpoint
 from workers.config import TrialConfig
 from workers.metrics_log import MetricsLog
-from workers.runner import METRICS_FILE, final_record, maybe_inject_fault
+from workers.runner import METRICS_FILE, SCORE_FILE, final_record, maybe_inject_fault
 from workers.spec import TrialSpec
 from workers.trial import LayerTrial
 
@@ -37,10 +38,13 @@ class LayerTrainable(tune.Trainable):
         cpus = int(max(1, self.trial_resources.required_resources.get("CPU", 1))) if self.trial_resources else 1
         self.trial = LayerTrial(self.cfg, self.spec)
         self.trial.setup(num_threads=cpus)
-        self.metrics.truncate_after(0)
+        self._log_aligned = False
 
     def step(self) -> dict[str, Any]:
         trial = self.trial
+        if not self._log_aligned:  # after setup (and a possible checkpoint restore): drop steps past this point
+            self.metrics.truncate_after(trial.step)
+            self._log_aligned = True
         if trial.done:  # base trial, or a restored trial whose training had finished
             return self._final({"step": trial.step})
         maybe_inject_fault(self.cfg, trial.step + 1, self.trial_dir)
@@ -54,6 +58,7 @@ class LayerTrainable(tune.Trainable):
 
     def _final(self, record: dict[str, Any]) -> dict[str, Any]:
         final = final_record(self.trial, self.trial.evaluate())
+        (self.trial_dir / SCORE_FILE).write_text(json.dumps(final, indent=2))
         final.pop("spec")
         return {**record, **final, "trial_name": self.spec.name, "done": True}
 
@@ -62,7 +67,6 @@ class LayerTrainable(tune.Trainable):
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         self.trial.load_state_dict(load_checkpoint(Path(checkpoint_dir)))
-        self.metrics.truncate_after(self.trial.step)
         log.info("%s: restored at step %d", self.spec.name, self.trial.step)
 
     def cleanup(self) -> None:

@@ -92,6 +92,24 @@ class CodeConfig(Section):
     """Programs run at once; None = the CPUs this process may use."""
 
 
+class AgenticConfig(Section):
+    """A multi-turn text environment: G trajectories per group start from one seed; one action per turn."""
+
+    env: str = "frozenlake"
+    """Registered environment name (see rollout.envs.registry): frozenlake | keydoor."""
+    options: dict[str, Any] = {}
+    """Keyword options of the environment (e.g. size, is_slippery for frozenlake; height, width for keydoor)."""
+    max_turns: int = Field(8, ge=1)
+    history_window: int = Field(1, ge=0)
+    """Past observation/action pairs repeated in each prompt."""
+    num_train_seeds: int = Field(5000, ge=1)
+    num_eval_seeds: int = Field(200, ge=1)
+    demo_episodes: int = Field(3000, ge=1)
+    """Noisy-oracle episodes the embedded model is pre-trained on."""
+    demo_noise: float = Field(0.3, ge=0, le=1)
+    """Probability that a demonstrated action is random instead of the oracle's."""
+
+
 class TaskConfig(Section):
     kind: Literal["arithmetic", "math", "code", "agentic"] = "arithmetic"
     """Which task family; selects the dataset builder and the default reward."""
@@ -104,8 +122,8 @@ class TaskConfig(Section):
     """Weight of a bonus for a well-formed completion, added to the 0/1 correctness reward."""
     code: CodeConfig = CodeConfig()
     """Sandbox settings of the `code` task."""
-    env: dict[str, Any] = {}
-    """Environment options for `agentic` tasks (environment name, max_turns, ...)."""
+    agentic: AgenticConfig = AgenticConfig()
+    """Environment and episode settings of the `agentic` task."""
 
     @model_validator(mode="after")
     def _dataset_for_dataset_tasks(self) -> "TaskConfig":

@@ -8,8 +8,8 @@ active trajectories of all groups share one `engine.generate` call per turn.
 
 Each step is one training row: its prompt (the rendered history) and its action tokens, exactly as the
 engine sampled them, so the trainer scores what was generated. `flatten_groups` lays the rows out like a
-`RolloutBatch` (prompts left-padded, actions right-padded) and `gigpo_row_advantages` gives each row its
-GiGPO advantage in the same order.
+`RolloutBatch` (prompts left-padded, actions right-padded); `workers.collect.env_row_advantages` gives each
+row its GiGPO advantage in the same order.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import torch
 
 from rollout.engine import RolloutBatch, RolloutEngine, SamplingSettings
 from rollout.envs.base import TextEnv
-from workers.algorithms.gigpo import Norm, gigpo_advantages
 
 logger = logging.getLogger(__name__)
 
@@ -223,31 +222,6 @@ def flatten_groups(groups: Sequence[GroupRollout], pad_token_id: int, completion
         turn_index_N=torch.tensor([turn for _, _, turn, _ in rows], dtype=torch.long),
         reward_N=torch.tensor([step.reward for step in steps], dtype=torch.float32),
     )
-
-
-def gigpo_row_advantages(
-    groups: Sequence[GroupRollout],
-    *,
-    gamma: float,
-    step_weight: float,
-    episode_norm: Norm = "mean_std_norm",
-    step_norm: Norm = "mean_std_norm",
-    eps: float = 1e-6,
-) -> torch.Tensor:
-    """(N,) GiGPO advantage A^E + ω·A^S per row of `flatten_groups(groups, ...)` (same order)."""
-    per_group = [
-        gigpo_advantages(
-            [[step.reward for step in t.steps] for t in group.trajectories],
-            [[step.state_key for step in t.steps] for t in group.trajectories],
-            gamma=gamma,
-            step_weight=step_weight,
-            episode_norm=episode_norm,
-            step_norm=step_norm,
-            eps=eps,
-        ).combined_S
-        for group in groups
-    ]
-    return torch.cat(per_group) if per_group else torch.zeros(0)
 
 
 def rollout_metrics(groups: Sequence[GroupRollout]) -> dict[str, float]:

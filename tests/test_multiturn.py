@@ -13,6 +13,9 @@ from typing import Callable, Iterable, Sequence
 import pytest
 import torch
 
+from workers.collect import env_row_advantages
+from workers.config import AlgorithmConfig, GigpoConfig
+
 from rollout.engine import RolloutBatch, RolloutEngine, SamplingSettings
 from rollout.envs.demonstrations import demonstrations
 from rollout.envs.frozenlake import FrozenLakeTextEnv
@@ -21,7 +24,6 @@ from rollout.multiturn import (
     MultiTurnSettings,
     PromptFormat,
     flatten_groups,
-    gigpo_row_advantages,
     rollout_groups,
     rollout_metrics,
 )
@@ -198,7 +200,7 @@ def test_flatten_layout_matches_steps_and_advantages_match_gigpo():
     assert rows.turn_index_N.tolist() == [turn for size in sizes for turn in range(size)]
     assert rows.batch.group_index_N.tolist() == [g for g in (0, 1) for _ in range(sum(sizes[4 * g : 4 * g + 4]))]
 
-    adv_N = gigpo_row_advantages(groups, gamma=0.9, step_weight=1.0)
+    adv_N = env_row_advantages(groups, AlgorithmConfig(name="gigpo", gigpo=GigpoConfig(gamma=0.9, step_weight=1.0)))
     expected = [
         gigpo_advantages(
             [[s.reward for s in t.steps] for t in g.trajectories],
@@ -218,7 +220,7 @@ def test_random_play_revisits_anchor_states():
     metrics = rollout_metrics(groups)
     assert metrics["anchored_step_fraction"] > 0.5
     assert 0 < metrics["invalid_action_rate"] < 1 and metrics["turns_mean"] > 1
-    assert (gigpo_row_advantages(groups, gamma=0.95, step_weight=1.0) != 0).any()
+    assert (env_row_advantages(groups, AlgorithmConfig(name="gigpo", gigpo=GigpoConfig(gamma=0.95, step_weight=1.0))) != 0).any()
 
 
 def test_demonstration_prompts_are_the_loops_prompts():

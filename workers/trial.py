@@ -16,21 +16,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from rollout.engine import RolloutEngine, SamplingSettings
+from rollout.engine import RolloutEngine
 from rollout.factory import build_engine
 from rollout.hf_engine import HFEngine
-from rollout.tasks.base import Task, TaskExample, reward_meta
+from rollout.tasks.base import Task
 from rollout.tasks.registry import build_task, task_fingerprint
-from workers.algorithms import ADVANTAGE_ESTIMATORS
 from workers.base_model import ensure_embedded_model, examples_to_pairs, load_model_and_tokenizer
 from workers.checkpoint import rng_state, set_rng_state, tensors_checksum
+from workers.collect import build_collector
 from workers.config import TrialConfig
-from workers.evaluate import greedy_accuracy, pass_at_k
-from workers.policy import PolicyScorer, ScoringInputs
+from workers.evaluate import greedy_accuracy, greedy_env_success
+from workers.policy import PolicyScorer
 from workers.reference import ReferenceWeights
 from workers.spec import TrialSpec
 from workers.trainable import select_trainable
-from workers.update import NonFiniteLossError, UpdateBatch, policy_update
+from workers.update import NonFiniteLossError, policy_update
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +44,20 @@ def resolve_model_dir(cfg: TrialConfig) -> Path | str:
     from workers.tokenizer import build_tokenizer
 
     task = build_task(cfg.task, build_tokenizer())
+    multi_turn = hasattr(task, "env_factory")
+
+    def pairs() -> list[tuple[str, str]]:
+        return task.pretrain_pairs() if multi_turn else examples_to_pairs(task.train_examples())
 
     def accuracy_factory(tokenizer):
+        if multi_turn:
+            settings = task.settings(cfg.rollout.max_new_tokens, 1.0, 1.0, None)
+            seeds = task.eval_seeds[:PRETRAIN_EVAL_PROMPTS]
+            return lambda model: greedy_env_success(HFEngine(model, tokenizer), task.env_factory(), seeds, settings)
         examples = list(task.eval_examples())[:PRETRAIN_EVAL_PROMPTS]
+        return lambda model: greedy_accuracy(HFEngine(model, tokenizer), task, examples, cfg.rollout.max_new_tokens, cfg.eval.batch_size)
 
-        def accuracy(model) -> float:
-            return greedy_accuracy(HFEngine(model, tokenizer), task, examples, cfg.rollout.max_new_tokens, cfg.eval.batch_size)
-
-        return accuracy
-
-    return ensure_embedded_model(
-        cfg.model, task_fingerprint(task), lambda: examples_to_pairs(task.train_examples()), accuracy_factory
-    )
+    return ensure_embedded_model(cfg.model, task_fingerprint(task), pairs, accuracy_factory)
 
 
 class LayerTrial:
@@ -71,9 +73,6 @@ class LayerTrial:
         self.model_dir = resolve_model_dir(cfg)
         self.model, self.tokenizer = load_model_and_tokenizer(self.model_dir, cfg.model.dtype)
         self.task: Task = build_task(cfg.task, self.tokenizer)
-        self.train_examples: list[TaskExample] = list(self.task.train_examples())
-        eval_examples = list(self.task.eval_examples())
-        self.eval_examples = eval_examples[: cfg.eval.num_prompts] if cfg.eval.num_prompts else eval_examples
         self.selection = select_trainable(self.model, self.spec)
         params = dict(self.model.named_parameters())
         self.trainable = {name: params[name] for name in self.selection.parameter_names}
@@ -88,9 +87,10 @@ class LayerTrial:
         self.reference = ReferenceWeights(self.model, self.selection.parameter_names) if cfg.algorithm.kl_beta > 0 else None
         self.scorer = PolicyScorer(self.model, self.selection.layout, self.selection.lowest_layer, cfg.rollout.temperature)
         self.engine: RolloutEngine = build_engine(cfg.rollout, self.model, self.tokenizer, Path(self.model_dir), self.cfg.seed)
-        self.estimator = ADVANTAGE_ESTIMATORS.get("dr_grpo" if cfg.algorithm.name == "dr_grpo" else "grpo")
-        order = np.random.default_rng(cfg.seed).permutation(len(self.train_examples))
-        self.data_order = order.tolist()
+        eval_examples = [] if hasattr(self.task, "env_factory") else list(self.task.eval_examples())
+        if cfg.eval.num_prompts:
+            eval_examples = eval_examples[: cfg.eval.num_prompts]
+        self.collector = build_collector(self.task, self.engine, cfg, eval_examples, self.tokenizer.pad_token_id)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -104,34 +104,10 @@ class LayerTrial:
         return self.step >= self.total_steps
 
     # -- training --------------------------------------------------------------------------------------
-    def _step_examples(self) -> list[TaskExample]:
-        """Data position is a pure function of the step, so a resumed trial sees exactly the same prompts."""
-        count = self.cfg.budget.prompts_per_step
-        start = self.step * count
-        return [self.train_examples[self.data_order[(start + k) % len(self.data_order)]] for k in range(count)]
-
     def train_step(self) -> dict[str, Any]:
         cfg = self.cfg
         started = time.perf_counter()
-        examples = self._step_examples()
-        settings = SamplingSettings(
-            group_size=cfg.rollout.group_size,
-            max_new_tokens=cfg.rollout.max_new_tokens,
-            temperature=cfg.rollout.temperature,
-            top_p=cfg.rollout.top_p,
-            seed=cfg.seed * 1_000_003 + self.step,
-        )
-        batch = self.engine.generate([e.prompt for e in examples], settings)
-        grouped = [examples[int(i)] for i in batch.group_index_N]
-        prompts = [e.prompt for e in grouped]
-        try:
-            rewards = self.task.reward(prompts, batch.completions_text, **reward_meta(grouped))
-        except Exception as error:  # a user reward plugin must not lose the trial's progress silently
-            raise RuntimeError(f"step {self.step + 1}: task reward raised {type(error).__name__}: {error}") from error
-        rewards_N = torch.tensor(rewards, dtype=torch.float32)
-        if not torch.isfinite(rewards_N).all():
-            raise NonFiniteLossError(f"step {self.step + 1}: reward function returned a non-finite value")
-        adv_N = self.estimator(rewards_N, cfg.rollout.group_size, cfg.algorithm.adv_eps)
+        collected = self.collector.collect(self.step, cfg.seed)
         rollout_seconds = time.perf_counter() - started
         update_started = time.perf_counter()
         try:
@@ -139,7 +115,7 @@ class LayerTrial:
                 self.scorer,
                 self.optimizer,
                 list(self.trainable.values()),
-                UpdateBatch(ScoringInputs.from_batch(batch), adv_N, batch.sample_logp_NT),
+                collected.batch,
                 cfg.algorithm,
                 cfg.rollout.max_new_tokens,
                 cfg.optim.max_grad_norm,
@@ -152,20 +128,16 @@ class LayerTrial:
         sync = self.engine.update_weights(self.trainable.items())
         update_seconds = time.perf_counter() - update_started
         self.step += 1
-        correct = [float(self.task.is_correct(c, e)) for c, e in zip(batch.completions_text, grouped)]
-        tokens = float(batch.completion_mask_NT.sum())
         seconds = time.perf_counter() - started
+        tokens = float(collected.batch.inputs.completion_mask_NT.sum())
         return {
             "step": self.step,
-            "reward_mean": float(rewards_N.mean()),
-            "reward_std": float(rewards_N.std()),
-            "accuracy": sum(correct) / len(correct),
+            **collected.metrics,
             "tokens_per_second": tokens / seconds,
             "step_seconds": seconds,
             "rollout_seconds": rollout_seconds,
             "update_seconds": update_seconds,
             "lr": self.scheduler.get_last_lr()[0],
-            "completion_tokens_mean": tokens / batch.num_rows,
             **stats,
             **sync,
         }
@@ -173,14 +145,7 @@ class LayerTrial:
     # -- evaluation ------------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         started = time.perf_counter()
-        result = {
-            "score": greedy_accuracy(self.engine, self.task, self.eval_examples, self.cfg.rollout.max_new_tokens, self.cfg.eval.batch_size),
-            "eval_size": float(len(self.eval_examples)),
-        }
-        if self.cfg.eval.pass_k:
-            result[f"pass@{self.cfg.eval.pass_k}"] = pass_at_k(
-                self.engine, self.task, self.eval_examples, self.cfg.eval.pass_k, self.cfg.rollout, seed=self.cfg.seed
-            )
+        result = self.collector.evaluate(self.engine)
         result["eval_seconds"] = time.perf_counter() - started
         return result
 

@@ -31,6 +31,27 @@ def _arithmetic(cfg: TaskConfig, tokenizer: PreTrainedTokenizerBase) -> Task:
     return ArithmeticTask(cfg.arithmetic, format_reward=cfg.format_reward)
 
 
+@register_task("math")
+def _math(cfg: TaskConfig, tokenizer: PreTrainedTokenizerBase) -> Task:
+    from rollout.tasks.math_task import MathTask
+
+    return MathTask(cfg, tokenizer)
+
+
+@register_task("code")
+def _code(cfg: TaskConfig, tokenizer: PreTrainedTokenizerBase) -> Task:
+    from rollout.tasks.code_task import CodeTask
+
+    return CodeTask(cfg, tokenizer)
+
+
+@register_task("agentic")
+def _agentic(cfg: TaskConfig, tokenizer: PreTrainedTokenizerBase) -> Task:
+    from rollout.tasks.agentic import AgenticTask
+
+    return AgenticTask(cfg.agentic)
+
+
 def build_task(cfg: TaskConfig, tokenizer: PreTrainedTokenizerBase) -> Task:
     if cfg.kind not in _BUILDERS:
         raise ValueError(f"task.kind={cfg.kind!r} is not available; known: {sorted(_BUILDERS)}")
@@ -40,6 +61,9 @@ def build_task(cfg: TaskConfig, tokenizer: PreTrainedTokenizerBase) -> Task:
 def task_fingerprint(task: Task) -> str:
     """A digest of the task's examples: what pre-training sees, independent of how the config is spelled."""
     digest = hashlib.sha256()
+    if hasattr(task, "env_factory"):
+        digest.update(json.dumps(task.cfg.model_dump(), sort_keys=True).encode())
+        return digest.hexdigest()
     for split in (task.train_examples(), task.eval_examples()):
         for example in split:
             digest.update(json.dumps([example.prompt, example.answer]).encode())

@@ -1,0 +1,315 @@
+"""From a sweep's results table to per-layer contributions, a ranking and a noise verdict.
+
+contribution(i) = (S_i - S_base) / (S_full - S_base): 1.0 means training layer i alone recovers the
+whole full-parameter gain, 0 means it recovers nothing, < 0 means it made the model worse (kept: it is a
+real result). A ratio of two small noisy differences is meaningless, so before dividing we check that
+the gain S_full - S_base stands clear of evaluation noise; when it does not, contributions are NaN and
+only raw deltas S_i - S_base are reported.
+
+Input: one sweep's results table, one row per trial, columns
+`sweep, trial, kind (base|full|layers), layer (Int64, null unless kind=layers), num_layers, seed,
+score (float, null when failed), status (done|failed|running)`; optional `eval_size` and any others are
+ignored. Pure functions: no I/O, no Ray, no MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+log = logging.getLogger(__name__)
+
+RankBasis = Literal["contribution", "delta", "score", "none"]
+NoiseMethod = Literal["seeds (paired)", "seeds", "binomial", "absolute", "missing"]
+
+
+@dataclass(frozen=True)
+class LayerContribution:
+    """One candidate layer's result, averaged over its finished seeds.
+
+    CIs are 95%: a t-interval over per-seed values when >= 2 seeds finished; with one seed, a normal
+    interval from the binomial SE sqrt(p(1-p)/eval_size) of each accuracy (delta method for the ratio);
+    NaN when neither is available.
+    """
+
+    layer: int
+    relative_depth: float  # i / (L - 1): lets sweeps of different depth be compared
+    n_seeds: int
+    mean_score: float  # mean S_i over seeds
+    delta: float  # mean (S_i - S_base); NaN without a base trial
+    delta_ci: tuple[float, float]
+    contribution: float  # mean per-seed contribution; NaN when the gain is not resolved above noise
+    contribution_ci: tuple[float, float]
+    rank: int | None = None  # 1 = largest contribution (or delta / score, see SweepSummary.ranked_by)
+
+
+@dataclass(frozen=True)
+class NoiseCheck:
+    """Is the full-parameter gain S_full - S_base clearly larger than evaluation noise?
+
+    resolved iff |gain| > threshold, threshold = z * SE(gain) (or an absolute floor when no SE exists).
+    """
+
+    gain: float
+    se: float
+    threshold: float
+    method: NoiseMethod
+    resolved: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    """Everything the report shows about one sweep; `layers` is sorted by layer index."""
+
+    sweep: str
+    num_layers: int
+    base_score: float  # mean over finished base trials; NaN if none
+    full_score: float
+    noise: NoiseCheck
+    layers: tuple[LayerContribution, ...]
+    ranked_by: RankBasis  # contribution when the gain is resolved, else delta, else raw score
+    ranking: tuple[int, ...]  # layer indices, best first (ties -> lower layer first)
+    best_layer: int | None
+    best_share: float  # share of the full gain recovered by the best layer (its contribution)
+    middle_contribution: float  # mean contribution of layers with relative depth in [1/3, 2/3]
+    ends_contribution: float  # mean contribution of the first and last thirds together
+    counts: dict[str, int] = field(default_factory=dict)  # done / running / failed / total trials
+    eval_size: float = math.nan
+    messages: tuple[str, ...] = ()
+
+    def frame(self) -> pd.DataFrame:
+        """Per-layer table, ranked order, columns as in `RANKING_COLUMNS`."""
+        rows = [
+            {"rank": c.rank, "layer": c.layer, "relative_depth": c.relative_depth, "n_seeds": c.n_seeds,
+             "mean_score": c.mean_score, "delta": c.delta, "delta_ci_low": c.delta_ci[0], "delta_ci_high": c.delta_ci[1],
+             "contribution": c.contribution, "ci_low": c.contribution_ci[0], "ci_high": c.contribution_ci[1]}
+            for c in self.layers
+        ]
+        table = pd.DataFrame(rows, columns=RANKING_COLUMNS)
+        table["rank"] = table["rank"].astype("Int64")
+        order = {layer: k for k, layer in enumerate(self.ranking)}
+        key = table["layer"].map(lambda i: order.get(i, len(order) + i))
+        return table.iloc[np.argsort(key.to_numpy(), kind="stable")].reset_index(drop=True)
+
+
+RANKING_COLUMNS = ["rank", "layer", "relative_depth", "n_seeds", "mean_score", "delta", "delta_ci_low",
+                   "delta_ci_high", "contribution", "ci_low", "ci_high"]
+NAN_CI = (math.nan, math.nan)
+
+
+def relative_depth(layer: int, num_layers: int) -> float:
+    """i / (L - 1), 0 for a one-layer model."""
+    return layer / (num_layers - 1) if num_layers > 1 else 0.0
+
+
+def finished(results: pd.DataFrame) -> pd.DataFrame:
+    """Rows that count: status done (if the column exists) and a non-null score."""
+    done = results["score"].notna()
+    if "status" in results.columns:
+        done &= results["status"] == "done"
+    return results[done]
+
+
+def trial_counts(results: pd.DataFrame) -> dict[str, int]:
+    """done / running / failed / total trial counts (a missing status column counts scored rows as done)."""
+    if "status" in results.columns:
+        status = results["status"].astype(str)
+    else:
+        status = results["score"].notna().map({True: "done", False: "failed"})
+    return {"done": int((status == "done").sum()), "running": int((status == "running").sum()),
+            "failed": int((status == "failed").sum()), "total": len(results)}
+
+
+def binomial_var(p: float, n: float) -> float:
+    """Variance of an accuracy p measured on n items; NaN when p is not in [0, 1] or n unknown.
+
+    For scores that are means of rewards in [0, 1] rather than accuracies it is an upper bound.
+    """
+    if not (n > 0) or not (0.0 <= p <= 1.0):
+        return math.nan
+    return p * (1.0 - p) / n
+
+
+def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Student-t CI of the mean over seeds; NaN below two finite values."""
+    values = values[np.isfinite(values)]
+    if len(values) < 2:
+        return NAN_CI
+    mean, sem = float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))
+    half = float(stats.t.ppf(0.5 + level / 2, len(values) - 1)) * sem
+    return (mean - half, mean + half)
+
+
+def normal_interval(mean: float, var: float, level: float = 0.95) -> tuple[float, float]:
+    if not (math.isfinite(mean) and math.isfinite(var)):
+        return NAN_CI
+    half = float(stats.norm.ppf(0.5 + level / 2)) * math.sqrt(var)
+    return (mean - half, mean + half)
+
+
+def check_noise(base_by_seed: pd.Series, full_by_seed: pd.Series, eval_size: float,
+                z: float = 2.0, abs_threshold: float = 0.02) -> NoiseCheck:
+    """Decide whether S_full - S_base is signal, from the best noise estimate available.
+
+    Seed spread first (paired over seeds having both, else each kind's spread; a kind with one seed adds
+    no seed variance: the base is a greedy eval of fixed weights, so it has none), then the binomial SE
+    from eval_size, then an absolute floor `abs_threshold` when nothing estimates the noise.
+    """
+    if base_by_seed.empty or full_by_seed.empty:
+        missing = "base" if base_by_seed.empty else "full"
+        return NoiseCheck(math.nan, math.nan, math.nan, "missing", False,
+                          f"no finished {missing} trial: contributions cannot be computed")
+    base, full = float(base_by_seed.mean()), float(full_by_seed.mean())
+    gain = full - base
+    paired = base_by_seed.index.intersection(full_by_seed.index)
+    method: NoiseMethod
+    if len(paired) >= 2:
+        diff = (full_by_seed[paired] - base_by_seed[paired]).to_numpy(float)
+        se, method = float(diff.std(ddof=1) / math.sqrt(len(diff))), "seeds (paired)"
+    elif len(base_by_seed) >= 2 or len(full_by_seed) >= 2:
+        var = sum(s.var(ddof=1) / len(s) for s in (base_by_seed, full_by_seed) if len(s) >= 2)
+        se, method = math.sqrt(var), "seeds"
+    else:
+        se, method = math.sqrt(binomial_var(base, eval_size) + binomial_var(full, eval_size)), "binomial"
+    if math.isfinite(se):
+        threshold = z * se
+    else:
+        threshold, method = abs_threshold, "absolute"
+    resolved = abs(gain) > threshold
+    noise_text = f"{z:g}xSE={threshold:.3f}, {method}" if method != "absolute" else f"absolute threshold {threshold:.3f}"
+    if gain == 0:
+        message = "S_full == S_base: there is no gain to attribute; contributions omitted, raw deltas S_i - S_base shown"
+    elif not resolved:
+        message = (f"S_full - S_base = {gain:+.3f} is within noise ({noise_text}); "
+                   "contributions omitted, raw deltas S_i - S_base shown")
+    else:
+        message = f"S_full - S_base = {gain:+.3f} is above noise ({noise_text})"
+        if gain < 0:
+            message += "; full training made the model worse, so contribution measures how much of that loss a layer reproduces"
+    return NoiseCheck(gain, se, threshold, method, resolved, message)
+
+
+def _layer_row(layer: int, scores: pd.Series, base_by_seed: pd.Series, full_by_seed: pd.Series,
+               noise: NoiseCheck, num_layers: int, eval_size: float) -> LayerContribution:
+    """Per-seed deltas and contributions against that seed's base/full, else the mean base/full."""
+    base_mean, full_mean = float(base_by_seed.mean()), float(full_by_seed.mean())
+    seeds = scores.index
+    x = scores.to_numpy(float)  # (n_seeds,)
+    b = np.array([base_by_seed.get(s, base_mean) for s in seeds], dtype=float)
+    f = np.array([full_by_seed.get(s, full_mean) for s in seeds], dtype=float)
+    delta_s = x - b
+    gain_s = f - b
+    with np.errstate(divide="ignore", invalid="ignore"):
+        contrib_s = np.where(noise.resolved & (gain_s != 0), delta_s / gain_s, np.nan)
+    delta = float(delta_s.mean()) if len(x) else math.nan
+    contribution = float(np.nanmean(contrib_s)) if np.isfinite(contrib_s).any() else math.nan
+    if len(x) >= 2:
+        delta_ci, contribution_ci = t_interval(delta_s), t_interval(contrib_s)
+    else:  # one seed: binomial SE of each accuracy, delta method for the ratio (evals treated independent)
+        var_x, var_b, var_f = (binomial_var(float(v[0]), eval_size) for v in (x, b, f))
+        delta_ci = normal_interval(delta, var_x + var_b)
+        g = float(gain_s[0])
+        c_var = (var_x + contribution**2 * var_f + (1 - contribution) ** 2 * var_b) / g**2 if g else math.nan
+        contribution_ci = normal_interval(contribution, c_var)
+    return LayerContribution(layer, relative_depth(layer, num_layers), len(x), float(x.mean()), delta,
+                             delta_ci, contribution, contribution_ci)
+
+
+def rank_layers(layers: list[LayerContribution], ranked_by: RankBasis) -> tuple[int, ...]:
+    """Layer indices by descending value of `ranked_by`, ties -> lower layer first; NaN values unranked."""
+    key = {"contribution": lambda c: c.contribution, "delta": lambda c: c.delta, "score": lambda c: c.mean_score}
+    if ranked_by == "none":
+        return ()
+    valued = [(key[ranked_by](c), c.layer) for c in layers if math.isfinite(key[ranked_by](c))]
+    return tuple(layer for _, layer in sorted(valued, key=lambda vl: (-vl[0], vl[1])))
+
+
+def depth_thirds(layers: list[LayerContribution], tol: float = 1e-9) -> tuple[float, float]:
+    """(mean contribution of the middle third, mean of the first + last thirds) by relative depth."""
+    in_middle = [1 / 3 - tol <= c.relative_depth <= 2 / 3 + tol for c in layers]
+    middle = np.array([c.contribution for c, m in zip(layers, in_middle) if m], float)
+    ends = np.array([c.contribution for c, m in zip(layers, in_middle) if not m], float)
+    return _nanmean(middle), _nanmean(ends)
+
+
+def _nanmean(values: np.ndarray) -> float:
+    return float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+
+
+def _num_layers(results: pd.DataFrame, done: pd.DataFrame) -> int:
+    if "num_layers" in results.columns and results["num_layers"].notna().any():
+        values = results["num_layers"].dropna().unique()
+        if len(values) > 1:
+            raise ValueError(f"results mix models of different depth (num_layers={sorted(values)}); aggregate one sweep at a time")
+        return int(values[0])
+    layers = done.loc[done["kind"] == "layers", "layer"].dropna()
+    if not len(layers):
+        return 0
+    log.warning("results have no num_layers column; assuming L = max layer + 1")
+    return int(layers.max()) + 1
+
+
+def summarize(results: pd.DataFrame, z: float = 2.0, abs_threshold: float = 0.02) -> SweepSummary:
+    """Aggregate one sweep's results table (schema in the module docstring) into a SweepSummary.
+
+    z, abs_threshold: the noise check (see `check_noise`). Failed and running trials are ignored; a
+    missing base or full trial gives a message and NaN contributions, never an exception.
+    """
+    missing = [c for c in ("kind", "layer", "score") if c not in results.columns]
+    if missing and len(results):
+        raise ValueError(f"results table lacks columns {missing}; expected the schema in orchestrator.aggregate")
+    results = results.reindex(columns=[*results.columns, *missing])
+    sweeps = results["sweep"].dropna().unique() if "sweep" in results.columns else []
+    if len(sweeps) > 1:
+        raise ValueError(f"results hold several sweeps {list(sweeps)}; summarize each (or use compare.compare_sweeps)")
+    done = finished(results)
+    if "seed" not in done.columns:
+        done = done.assign(seed=0)
+    num_layers = _num_layers(results, done)
+    by_seed = lambda kind: done[done["kind"] == kind].groupby("seed")["score"].mean()  # noqa: E731
+    base_by_seed, full_by_seed = by_seed("base"), by_seed("full")
+    sizes = pd.to_numeric(done["eval_size"], errors="coerce").dropna() if "eval_size" in done.columns else pd.Series(dtype=float)
+    eval_size = float(sizes.median()) if len(sizes) else math.nan  # one shared eval set per sweep
+    noise = check_noise(base_by_seed, full_by_seed, eval_size, z, abs_threshold)
+
+    messages = [noise.message] if noise.method != "missing" else []
+    if base_by_seed.empty:
+        messages.append("no finished base trial: S_base unknown, only mean layer scores are shown")
+    if full_by_seed.empty:
+        messages.append("no finished full trial: S_full unknown, contributions omitted")
+    layer_rows = done[(done["kind"] == "layers") & done["layer"].notna()]
+    layers = [
+        _layer_row(int(layer), group.groupby("seed")["score"].mean(), base_by_seed, full_by_seed, noise, num_layers, eval_size)
+        for layer, group in layer_rows.groupby("layer")
+    ]
+    all_layers = results.loc[results["kind"] == "layers", "layer"].dropna().astype(int).unique()
+    unfinished = sorted({int(i) for i in all_layers} - {c.layer for c in layers})
+    if unfinished:
+        messages.append(f"layers without a finished trial (left out): {unfinished}")
+    if not layers:
+        messages.append("no finished layer trial")
+
+    ranked_by: RankBasis = ("contribution" if noise.resolved else "delta" if not base_by_seed.empty else "score") if layers else "none"
+    ranking = rank_layers(layers, ranked_by)
+    rank_of = {layer: k + 1 for k, layer in enumerate(ranking)}
+    layers = [replace(c, rank=rank_of.get(c.layer)) for c in layers]
+    best = ranking[0] if ranking else None
+    best_share = next((c.contribution for c in layers if c.layer == best), math.nan)
+    middle, ends = depth_thirds(layers)
+    summary = SweepSummary(
+        sweep=str(sweeps[0]) if len(sweeps) else "", num_layers=num_layers,
+        base_score=float(base_by_seed.mean()) if len(base_by_seed) else math.nan,
+        full_score=float(full_by_seed.mean()) if len(full_by_seed) else math.nan,
+        noise=noise, layers=tuple(layers), ranked_by=ranked_by, ranking=ranking, best_layer=best,
+        best_share=best_share, middle_contribution=middle, ends_contribution=ends,
+        counts=trial_counts(results), eval_size=eval_size, messages=tuple(messages),
+    )
+    log.debug("sweep %s: %d layers aggregated, ranked by %s; %s", summary.sweep, len(layers), ranked_by, "; ".join(messages))
+    return summary

@@ -1,0 +1,67 @@
+"""User reward functions from a config string: `task.reward: "my_pkg.rewards:length_penalty"`.
+
+A plugin has the TRL reward signature `(prompts, completions, **meta) -> list[float]`. It is imported and
+its signature checked when the config is loaded, so a typo fails the sweep before any GPU is allocated,
+with one line naming `task.reward` and the value instead of a traceback from inside a trial.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from typing import Any, Sequence
+
+from rollout.tasks.base import RewardFn
+
+logger = logging.getLogger(__name__)
+
+
+def _accepts_reward_call(fn: RewardFn) -> bool:
+    """True if `fn(prompts, completions, answer=...)` binds: two positional lists plus the meta keywords
+    (a `**meta` catch-all, or at least `answer`, which every task passes)."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins have no signature: trust them
+        return True
+    try:
+        signature.bind([], [], answer=[])
+    except TypeError:
+        return False
+    return True
+
+
+def load_reward_plugin(spec: str) -> RewardFn:
+    """Import `package.module:function` and return the callable; ValueError on any problem."""
+    where = f"task.reward={spec!r}"
+    module_name, sep, attr_path = spec.partition(":")
+    if not sep or not module_name or not attr_path:
+        raise ValueError(f"{where}: expected 'package.module:function'")
+    try:
+        target: object = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or any error raised while importing the module
+        raise ValueError(f"{where}: cannot import {module_name!r} ({type(exc).__name__}: {exc})") from exc
+    for part in attr_path.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"{where}: module {module_name!r} has no attribute {attr_path!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ValueError(f"{where}: {attr_path!r} is a {type(target).__name__}, not a function")
+    if not _accepts_reward_call(target):
+        raise ValueError(f"{where}: signature {inspect.signature(target)} cannot take (prompts, completions, **meta)")
+    return target
+
+
+def call_reward_plugin(
+    fn: RewardFn, spec: str, prompts: Sequence[str], completions: Sequence[str], meta: dict[str, Sequence[Any]]
+) -> list[float]:
+    """Call a plugin like a built-in reward: an exception scores the batch 0 with a logged traceback (a
+    reward must not end a trial); a result of the wrong length is a bug in the plugin and raises."""
+    try:
+        rewards = [float(r) for r in fn(prompts, completions, **meta)]
+    except Exception:
+        logger.exception("task.reward=%r raised; this batch of %d completions scored 0", spec, len(completions))
+        return [0.0] * len(completions)
+    if len(rewards) != len(completions):
+        raise ValueError(f"task.reward={spec!r} returned {len(rewards)} rewards for {len(completions)} completions")
+    return rewards

@@ -1,0 +1,100 @@
+"""Reward plugins: `package.module:function` loading, one-line errors naming task.reward, use by a task."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from rollout.config import DatasetConfig, TaskConfig
+from rollout.tasks.base import reward_meta
+from rollout.tasks.math_task import MathTask
+from rollout.tasks.plugin import call_reward_plugin, load_reward_plugin
+
+PLUGIN_SOURCE = '''
+def length_reward(prompts, completions, **meta):
+    return [float(len(c)) for c in completions]
+
+def answer_only(prompts, completions, answer):
+    return [float(c == a) for c, a in zip(completions, answer)]
+
+class Scorer:
+    @staticmethod
+    def score(prompts, completions, **meta):
+        return [0.5] * len(completions)
+
+def raises(prompts, completions, **meta):
+    raise RuntimeError("plugin bug")
+
+def too_short(prompts, completions, **meta):
+    return [1.0]
+
+def one_argument(completions):
+    return [0.0] * len(completions)
+
+NOT_CALLABLE = 3
+'''
+
+
+@pytest.fixture()
+def plugin_module(tmp_path, monkeypatch):
+    name = f"layersweep_test_plugin_{tmp_path.name}"
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(PLUGIN_SOURCE))
+    (tmp_path / "layersweep_broken_plugin.py").write_text("import no_such_module_anywhere\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return name
+
+
+def test_loads_functions_and_nested_attributes(plugin_module):
+    assert load_reward_plugin(f"{plugin_module}:length_reward")([""], ["abc"], answer=["x"]) == [3.0]
+    assert load_reward_plugin(f"{plugin_module}:answer_only")([""], ["x"], answer=["x"]) == [1.0]
+    assert load_reward_plugin(f"{plugin_module}:Scorer.score")([""], ["a", "b"], answer=["", ""]) == [0.5, 0.5]
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("no_colon_here", "expected 'package.module:function'"),
+        (":function", "expected 'package.module:function'"),
+        ("layersweep_no_such_pkg.rewards:f", "cannot import 'layersweep_no_such_pkg.rewards' (ModuleNotFoundError"),
+        ("layersweep_broken_plugin:f", "cannot import 'layersweep_broken_plugin' (ModuleNotFoundError"),
+        ("{mod}:missing", "has no attribute 'missing'"),
+        ("{mod}:NOT_CALLABLE", "'NOT_CALLABLE' is a int, not a function"),
+        ("{mod}:one_argument", "cannot take (prompts, completions, **meta)"),
+    ],
+)
+def test_errors_are_one_line_value_errors_naming_task_reward(plugin_module, spec, message):
+    spec = spec.format(mod=plugin_module)
+    with pytest.raises(ValueError) as info:
+        load_reward_plugin(spec)
+    text = str(info.value)
+    assert text.startswith(f"task.reward={spec!r}: ")
+    assert message in text
+    assert "\n" not in text
+
+
+def test_a_task_uses_the_plugin_instead_of_its_reward(plugin_module):
+    path = str(Path(__file__).parent / "fixtures" / "gsm8k_sample.jsonl")
+    cfg = TaskConfig(kind="math", dataset=DatasetConfig(path=path, max_train=2, max_eval=2),
+                     reward=f"{plugin_module}:length_reward")  # fmt: skip
+    task = MathTask(cfg)
+    examples = task.train_examples()
+    assert task.reward([e.prompt for e in examples], ["ab", "abcd"], **reward_meta(examples)) == [2.0, 4.0]
+    assert task.is_correct("#### 18", examples[0])  # evaluation still uses the built-in check
+
+
+def test_a_bad_plugin_fails_when_the_task_is_built(plugin_module):
+    path = str(Path(__file__).parent / "fixtures" / "gsm8k_sample.jsonl")
+    cfg = TaskConfig(kind="math", dataset=DatasetConfig(path=path), reward=f"{plugin_module}:missing")
+    with pytest.raises(ValueError, match="task.reward="):
+        MathTask(cfg)
+
+
+def test_plugin_exceptions_score_zero_and_wrong_lengths_raise(plugin_module, caplog):
+    spec = f"{plugin_module}:raises"
+    assert call_reward_plugin(load_reward_plugin(spec), spec, ["", ""], ["a", "b"], {"answer": ["", ""]}) == [0.0, 0.0]
+    assert "plugin bug" in caplog.text
+    spec = f"{plugin_module}:too_short"
+    with pytest.raises(ValueError, match="returned 1 rewards for 2 completions"):
+        call_reward_plugin(load_reward_plugin(spec), spec, ["", ""], ["a", "b"], {"answer": ["", ""]})

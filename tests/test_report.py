@@ -1,0 +1,99 @@
+"""Report files from a results table: ranking.md / ranking.csv rows, a valid PNG, terminal and progress text."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from orchestrator.aggregate import summarize
+from orchestrator.report import plot_contribution, progress_line, ranking_markdown, summary_metrics, terminal_table, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def results(full: float = 0.6, statuses: dict[str, str] | None = None) -> pd.DataFrame:
+    """A 4-layer, one-seed sweep: base 0.4, full `full`, layers 0.5 / 0.45 / 0.62 / 0.35."""
+    statuses = statuses or {}
+    rows = [dict(trial="base-s0", kind="base", layer=None, score=0.4), dict(trial="full-s0", kind="full", layer=None, score=full)]
+    rows += [dict(trial=f"layer{i:02d}-s0", kind="layers", layer=i, score=v) for i, v in enumerate([0.5, 0.45, 0.62, 0.35])]
+    df = pd.DataFrame(rows).assign(sweep="demo", num_layers=4, seed=0, eval_size=500, steps=20)
+    df["status"] = df["trial"].map(lambda t: statuses.get(t, "done"))
+    df.loc[df["status"] != "done", "score"] = None
+    df["layer"] = df["layer"].astype("Int64")
+    return df
+
+
+def test_write_report_from_parquet_round_trip(tmp_path):
+    path = tmp_path / "results.parquet"
+    results().to_parquet(path, index=False)
+    files = write_report(pd.read_parquet(path), tmp_path / "out")
+    assert set(files) == {"ranking_md", "ranking_csv", "contribution_png"}
+    assert all(p.exists() and p.stat().st_size > 0 for p in files.values())
+
+    csv = pd.read_csv(files["ranking_csv"])
+    assert list(csv["layer"]) == [2, 0, 1, 3]
+    assert list(csv["rank"]) == [1, 2, 3, 4]
+    assert csv.loc[csv["layer"] == 0, "contribution"].item() == pytest.approx(0.5)
+    assert csv.loc[csv["layer"] == 3, "contribution"].item() == pytest.approx(-0.25)
+
+    md = files["ranking_md"].read_text()
+    assert "| 2 | 0 | 0.00 | 1 | 0.500 | +0.100 | 0.500 |" in md
+    assert "| 1 | 2 | 0.67 | 1 | 0.620 | +0.220 | 1.100 |" in md
+    assert "best layer (by contribution): 2" in md and "recovers 110%" in md
+
+
+def test_png_is_valid(tmp_path):
+    path = plot_contribution(summarize(results()), tmp_path / "c.png")
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 5000
+
+
+def test_unresolved_gain_report_says_so(tmp_path):
+    files = write_report(results(full=0.4), tmp_path)
+    md = files["ranking_md"].read_text()
+    assert "S_full == S_base" in md
+    csv = pd.read_csv(files["ranking_csv"])
+    assert csv["contribution"].isna().all()
+    assert csv.loc[csv["layer"] == 2, "delta"].item() == pytest.approx(0.22)
+    assert files["contribution_png"].read_bytes()[:8] == PNG_MAGIC
+
+
+def test_report_without_any_finished_layer(tmp_path):
+    statuses = {f"layer{i:02d}-s0": "failed" for i in range(4)}
+    files = write_report(results(statuses=statuses), tmp_path)
+    assert pd.read_csv(files["ranking_csv"]).empty
+    assert "no finished layer trial" in files["ranking_md"].read_text()
+    assert files["contribution_png"].read_bytes()[:8] == PNG_MAGIC
+
+
+def test_terminal_table_lists_every_finished_layer():
+    text = terminal_table(summarize(results()))
+    lines = text.splitlines()
+    assert lines[0] == "sweep demo"
+    table_rows = [line for line in lines if line.strip()[:1].isdigit() and "0." in line]
+    assert [int(r.split()[1]) for r in table_rows] == [2, 0, 1, 3]
+    assert "nan" not in text
+
+
+def test_progress_line_from_partial_table():
+    partial = results(statuses={"layer02-s0": "running", "layer03-s0": "failed"})
+    line = progress_line(partial, total=8)
+    assert line == "4/8 trials done, 1 running, 1 failed; best layer so far 0 (contribution 0.500)"
+    no_base = results(statuses={"base-s0": "running", "layer00-s0": "failed"})
+    assert progress_line(no_base).endswith("best layer so far 2 (score 0.620)")
+    nothing = results(statuses={f"layer{i:02d}-s0": "running" for i in range(4)})
+    assert progress_line(nothing).endswith("no layer finished yet")
+
+
+def test_summary_metrics_are_finite_floats():
+    metrics = summary_metrics(summarize(results()))
+    assert metrics["best_layer"] == 2.0 and metrics["best_share"] == pytest.approx(1.1)
+    assert metrics["gain_resolved"] == 1.0
+    unresolved = summary_metrics(summarize(results(full=0.4)))
+    assert "best_share" not in unresolved and unresolved["gain_resolved"] == 0.0
+
+
+def test_markdown_has_no_nan_strings():
+    md = ranking_markdown(summarize(results(full=0.4)))
+    assert " nan" not in md.lower() and "| n/a | [" not in md
+    assert md.count("| n/a | n/a |") == 4  # contribution and CI omitted for all four layers

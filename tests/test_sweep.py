@@ -1,0 +1,140 @@
+"""End-to-end sweeps on real local Ray (2 CPUs) with a real MLflow sqlite store, tiny model, tiny budgets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestrator.config import load_sweep_config
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "configs" / "tiny-test.yaml"
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _overrides(tmp_path: Path, **extra) -> dict:
+    return {"output_dir": str(tmp_path / "runs"), "model.cache_dir": str(tmp_path / "cache"), "layers": [0, 2], **extra}
+
+
+def _trial_runs(sweep_dir: Path, experiment: str = "layersweep"):
+    client = MlflowClient(tracking_uri=f"sqlite:///{sweep_dir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    parent = [r for r in runs if r.data.tags.get("layersweep.kind") == "sweep"]
+    children = {r.data.tags["layersweep.trial"]: r for r in runs if "layersweep.trial" in r.data.tags}
+    return client, parent, children
+
+
+def test_sweep_end_to_end_artifacts_and_mlflow_agree(local_ray, tmp_path):
+    from orchestrator.driver import run_sweep
+
+    cfg = load_sweep_config(TINY, _overrides(tmp_path))
+    table = run_sweep(cfg, emit=lambda line: None, include_dashboard=False)
+    sweep_dir = tmp_path / "runs" / "tiny-test"
+    assert sorted(table["trial"]) == ["base-s0", "full-s0", "layer00-s0", "layer02-s0"]
+    assert (table["status"] == "done").all()
+    stored = pd.read_parquet(sweep_dir / "results.parquet")
+    assert stored["score"].tolist() == table["score"].tolist()
+    for name in ("ranking.md", "ranking.csv", "contribution.png"):
+        assert (sweep_dir / name).stat().st_size > 0
+    ranking = pd.read_csv(sweep_dir / "ranking.csv")
+    assert sorted(ranking["layer"].tolist()) == [0, 2]
+
+    client, parent, children = _trial_runs(sweep_dir)
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    artifact_names = {a.path for a in client.list_artifacts(parent[0].info.run_id)}
+    assert {"results.parquet", "ranking.md", "ranking.csv", "contribution.png"} <= artifact_names
+    assert set(children) == set(table["trial"])
+    for _, row in table.iterrows():
+        run = children[row["trial"]]
+        assert run.data.tags["mlflow.parentRunId"] == parent[0].info.run_id
+        assert run.data.metrics["final_score"] == pytest.approx(row["score"])
+        assert run.data.tags["trainable_checksum"] == row["trainable_checksum"]
+        history = client.get_metric_history(run.info.run_id, "reward_mean")
+        assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(1, row["steps"] + 1))
+    # the base trial trains nothing; layer trials train one layer's tensors only
+    params = dict(zip(table["trial"], table["trainable_parameters"]))
+    assert params["base-s0"] == 0 and 0 < params["layer00-s0"] < params["full-s0"]
+
+
+def test_trial_killed_at_a_step_resumes_from_its_checkpoint(local_ray, tmp_path):
+    from orchestrator.driver import run_sweep
+
+    cfg = load_sweep_config(
+        TINY, _overrides(tmp_path, layers=[1], include_base=False, include_full=False, fail_at_step=3, checkpoint_every=2, **{"budget.steps": 5})
+    )
+    table = run_sweep(cfg, emit=lambda line: None, include_dashboard=False)
+    sweep_dir = tmp_path / "runs" / "tiny-test"
+    assert table["status"].tolist() == ["done"]
+    trial_dir = sweep_dir / "trials" / "layer01-s0"
+    assert (trial_dir / "fault_injected_at_3").exists()  # the process really died at step 3
+    steps = [json.loads(line)["step"] for line in (trial_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5]
+    client, _, children = _trial_runs(sweep_dir)
+    history = client.get_metric_history(children["layer01-s0"].info.run_id, "reward_mean")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]
+
+
+def _run_cli(args: list[str], env: dict, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], env=env, cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def _kill_ray_under(ray_tmp: str) -> None:
+    """Kill only the Ray processes of this test's cluster (their command lines name its temp dir)."""
+    subprocess.run(["pkill", "-9", "-f", ray_tmp], capture_output=True, timeout=30)
+
+
+def test_driver_killed_mid_sweep_then_resume_skips_finished_trials(tmp_path):
+    ray_tmp = tempfile.mkdtemp(prefix="lsray-", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
+    env = {**os.environ, "LAYERSWEEP_CACHE": str(tmp_path / "cache"), "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": ray_tmp}
+    sets = ["--set", f"output_dir={tmp_path / 'runs'}", "--set", "layers=[0,1,2]", "--set", "budget.steps=6",
+            "--set", "checkpoint_every=2", "--set", "resources.max_concurrent_trials=1"]
+    sweep_dir = tmp_path / "runs" / "tiny-test"
+    driver = _run_cli(["run", str(TINY), "--no-dashboard", *sets], env)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(sweep_dir.glob("trials/*/metrics.jsonl"))) < 3:
+        time.sleep(0.5)
+    time.sleep(1.5)  # let Tune persist its experiment state once more
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=30)
+    _kill_ray_under(ray_tmp)
+    finished_before = {p.parent.name: p.stat().st_mtime for p in sweep_dir.glob("trials/*/score.json")}
+    assert finished_before, "no trial finished before the kill; the test would prove nothing"
+    assert not (sweep_dir / "results.parquet").exists()
+
+    resumed = _run_cli(["resume", str(sweep_dir), "--no-dashboard"], env)
+    try:
+        output, _ = resumed.communicate(timeout=400)
+    finally:
+        _kill_ray_under(ray_tmp)
+    assert resumed.returncode == 0, output[-3000:]
+    table = pd.read_parquet(sweep_dir / "results.parquet")
+    assert sorted(table["trial"]) == ["base-s0", "full-s0", "layer00-s0", "layer01-s0", "layer02-s0"]
+    assert (table["status"] == "done").all()
+    for name, mtime in finished_before.items():  # finished trials were not run again
+        assert (sweep_dir / "trials" / name / "score.json").stat().st_mtime == mtime
+    client, _, children = _trial_runs(sweep_dir)
+    for name, run in children.items():
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "reward_mean"))
+        expected = [] if name.startswith("base") else list(range(1, 7))
+        assert steps == expected, name

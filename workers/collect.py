@@ -1,0 +1,154 @@
+"""Collectors turn the current policy into one training batch: rollouts, rewards, advantages, metrics.
+
+Single-turn tasks (a prompt dataset + a reward function) and multi-turn environments (one row per action)
+produce the same `UpdateBatch`, so the update step, checkpointing and the sweep never branch on task type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+import torch
+
+from rollout.config import SamplingConfig
+from rollout.engine import RolloutEngine, SamplingSettings
+from rollout.multiturn import GroupRollout, flatten_groups, rollout_groups, rollout_metrics
+from rollout.tasks.base import Task, TaskExample, reward_meta
+from workers.algorithms import ADVANTAGE_ESTIMATORS
+from workers.algorithms.gigpo import gigpo_advantages
+from workers.config import AlgorithmConfig
+from workers.evaluate import greedy_accuracy, greedy_env_success, pass_at_k
+from workers.policy import ScoringInputs
+from workers.update import NonFiniteLossError, UpdateBatch
+
+
+@dataclass
+class Collected:
+    batch: UpdateBatch
+    metrics: dict[str, float]
+
+
+class Collector(Protocol):
+    def collect(self, step: int, seed: int) -> Collected: ...
+
+    def evaluate(self, engine: RolloutEngine) -> dict[str, float]: ...
+
+
+def step_seed(seed: int, step: int) -> int:
+    """Rollout seed of a step: a pure function of (trial seed, step), so a resumed trial samples identically."""
+    return seed * 1_000_003 + step
+
+
+class SingleTurnCollector:
+    def __init__(self, task: Task, engine: RolloutEngine, sampling: SamplingConfig, algorithm: AlgorithmConfig,
+                 prompts_per_step: int, eval_examples: Sequence[TaskExample], eval_batch_size: int, pass_k: int, data_seed: int) -> None:
+        self.task, self.engine, self.sampling, self.algorithm = task, engine, sampling, algorithm
+        self.prompts_per_step = prompts_per_step
+        self.train_examples = list(task.train_examples())
+        self.eval_examples = list(eval_examples)
+        self.eval_batch_size, self.pass_k = eval_batch_size, pass_k
+        generator = torch.Generator().manual_seed(data_seed)
+        self.data_order = torch.randperm(len(self.train_examples), generator=generator).tolist()
+        self.estimator = ADVANTAGE_ESTIMATORS.get("dr_grpo" if algorithm.name == "dr_grpo" else "grpo")
+
+    def step_examples(self, step: int) -> list[TaskExample]:
+        """Data position is a pure function of the step, so a resumed trial sees exactly the same prompts."""
+        start = step * self.prompts_per_step
+        return [self.train_examples[self.data_order[(start + k) % len(self.data_order)]] for k in range(self.prompts_per_step)]
+
+    def collect(self, step: int, seed: int) -> Collected:
+        examples = self.step_examples(step)
+        settings = SamplingSettings(self.sampling.group_size, self.sampling.max_new_tokens, self.sampling.temperature,
+                                    self.sampling.top_p, seed=step_seed(seed, step))
+        batch = self.engine.generate([e.prompt for e in examples], settings)
+        grouped = [examples[int(i)] for i in batch.group_index_N]
+        try:
+            rewards = self.task.reward([e.prompt for e in grouped], batch.completions_text, **reward_meta(grouped))
+        except Exception as error:  # a user reward plugin must not lose the trial's progress silently
+            raise RuntimeError(f"step {step + 1}: task reward raised {type(error).__name__}: {error}") from error
+        rewards_N = torch.tensor(rewards, dtype=torch.float32)
+        if rewards_N.shape != (batch.num_rows,) or not torch.isfinite(rewards_N).all():
+            raise NonFiniteLossError(f"step {step + 1}: reward function returned a non-finite value or the wrong count")
+        adv_N = self.estimator(rewards_N, self.sampling.group_size, self.algorithm.adv_eps)
+        correct = [float(self.task.is_correct(c, e)) for c, e in zip(batch.completions_text, grouped)]
+        metrics = {
+            "reward_mean": float(rewards_N.mean()),
+            "reward_std": float(rewards_N.std()),
+            "accuracy": sum(correct) / len(correct),
+            "completion_tokens_mean": float(batch.completion_mask_NT.sum()) / batch.num_rows,
+            **batch.stats,
+        }
+        return Collected(UpdateBatch(ScoringInputs.from_batch(batch), adv_N, batch.sample_logp_NT), metrics)
+
+    def evaluate(self, engine: RolloutEngine) -> dict[str, float]:
+        result = {"score": greedy_accuracy(engine, self.task, self.eval_examples, self.sampling.max_new_tokens, self.eval_batch_size),
+                  "eval_size": float(len(self.eval_examples))}
+        if self.pass_k:
+            result[f"pass@{self.pass_k}"] = pass_at_k(engine, self.task, self.eval_examples, self.pass_k, self.sampling, seed=0)
+        return result
+
+
+def env_row_advantages(groups: Sequence[GroupRollout], algorithm: AlgorithmConfig) -> torch.Tensor:
+    """(N,) per-row advantages in `flatten_groups` order.
+
+    GiGPO: A^E + omega * A^S. GRPO / Dr. GRPO on an environment: episode level only (omega = 0), with GRPO's
+    std normalisation or Dr. GRPO's mean-only centring.
+    """
+    if algorithm.name == "gigpo":
+        episode_norm, step_norm, weight = algorithm.gigpo.episode_norm, algorithm.gigpo.step_norm, algorithm.gigpo.step_weight
+    else:
+        episode_norm = "mean_norm" if algorithm.name == "dr_grpo" else "mean_std_norm"
+        step_norm, weight = "mean_norm", 0.0
+    per_group = [
+        gigpo_advantages(
+            [[s.reward for s in t.steps] for t in group.trajectories],
+            [[s.state_key for s in t.steps] for t in group.trajectories],
+            gamma=algorithm.gigpo.gamma, step_weight=weight, episode_norm=episode_norm, step_norm=step_norm, eps=algorithm.adv_eps,
+        ).combined_S
+        for group in groups
+    ]
+    return torch.cat(per_group) if per_group else torch.zeros(0)
+
+
+class MultiTurnCollector:
+    def __init__(self, task: Any, engine: RolloutEngine, sampling: SamplingConfig, algorithm: AlgorithmConfig,
+                 groups_per_step: int, pad_token_id: int, data_seed: int) -> None:
+        self.task, self.engine, self.sampling, self.algorithm = task, engine, sampling, algorithm
+        self.groups_per_step = groups_per_step
+        self.pad_token_id = pad_token_id
+        generator = torch.Generator().manual_seed(data_seed)
+        self.seed_order = [task.train_seeds[i] for i in torch.randperm(len(task.train_seeds), generator=generator).tolist()]
+
+    def collect(self, step: int, seed: int) -> Collected:
+        start = step * self.groups_per_step
+        seeds = [self.seed_order[(start + k) % len(self.seed_order)] for k in range(self.groups_per_step)]
+        settings = self.task.settings(self.sampling.max_new_tokens, self.sampling.temperature, self.sampling.top_p, step_seed(seed, step))
+        groups = rollout_groups(self.engine, self.task.env_factory(), seeds, self.sampling.group_size, settings)
+        rows = flatten_groups(groups, self.pad_token_id, completion_width=self.sampling.max_new_tokens)
+        adv_N = env_row_advantages(groups, self.algorithm)
+        stats = rollout_metrics(groups)
+        metrics = {
+            "reward_mean": stats["return_mean"],
+            "reward_std": float(torch.tensor([t.episode_return for g in groups for t in g.trajectories]).std()),
+            "accuracy": stats["success_rate"],
+            "completion_tokens_mean": float(rows.batch.completion_mask_NT.sum()) / max(rows.batch.num_rows, 1),
+            "rows": float(rows.batch.num_rows),
+            **{k: v for k, v in stats.items() if k not in ("return_mean", "success_rate")},
+        }
+        return Collected(UpdateBatch(ScoringInputs.from_batch(rows.batch), adv_N, rows.batch.sample_logp_NT), metrics)
+
+    def evaluate(self, engine: RolloutEngine) -> dict[str, float]:
+        settings = self.task.settings(self.sampling.max_new_tokens, 1.0, 1.0, None)
+        success = greedy_env_success(engine, self.task.env_factory(), self.task.eval_seeds, settings)
+        return {"score": success, "eval_size": float(len(self.task.eval_seeds))}
+
+
+def build_collector(task: Any, engine: RolloutEngine, cfg: Any, eval_examples: Sequence[TaskExample], pad_token_id: int) -> Collector:
+    """`cfg` is a TrialConfig; multi-turn when the task provides environments."""
+    if hasattr(task, "env_factory"):
+        return MultiTurnCollector(task, engine, cfg.rollout, cfg.algorithm, cfg.budget.prompts_per_step, pad_token_id, cfg.seed)
+    if cfg.algorithm.name == "gigpo":
+        raise ValueError("algorithm.name='gigpo' needs a multi-turn task (task.kind='agentic')")
+    return SingleTurnCollector(task, engine, cfg.rollout, cfg.algorithm, cfg.budget.prompts_per_step, eval_examples,
+                               cfg.eval.batch_size, cfg.eval.pass_k, cfg.seed)
