@@ -12,7 +12,10 @@ from typing import Any, Callable
 
 from ray import tune
 
+from orchestrator.report import progress_line
+from orchestrator.results import results_frame, trial_row
 from orchestrator.tracking import SweepTracker
+from workers.spec import TrialSpec
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +25,6 @@ def _spec(trial: Any) -> dict[str, Any]:
 
 
 def _name(trial: Any) -> str:
-    from workers.spec import TrialSpec
-
     return TrialSpec.from_dict(_spec(trial)).name
 
 
@@ -66,26 +67,39 @@ class MlflowForwarder(tune.Callback):
 
 
 class ProgressPrinter(tune.Callback):
-    """One line per finished/failed trial: counts and the best layer so far (the CLI passes `print`)."""
+    """One line per finished or failed trial: counts and the best layer so far (the CLI passes `print`).
 
-    def __init__(self, total: int, emit: Callable[[str], None] = print) -> None:
-        self.total = total
-        self.emit = emit
-        self.scores: dict[str, dict[str, Any]] = {}
+    On `resume` Tune restores this callback without `emit`; it then logs instead of printing.
+    """
+
+    def __init__(self, sweep: str, total: int, num_layers: int, emit: Callable[[str], None] = print) -> None:
+        self.sweep, self.total, self.num_layers, self.emit = sweep, total, num_layers, emit
+        self.finals: dict[str, dict[str, Any]] = {}
         self.failed: set[str] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"sweep": self.sweep, "total": self.total, "num_layers": self.num_layers}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state, emit=log.warning)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if result.get("done") and "score" in result:
-            self.scores[_name(trial)] = {"spec": _spec(trial), "score": result["score"]}
-            self.emit(self.line(trials, f"{_name(trial)} score {result['score']:.3f}"))
+            self.finals[_name(trial)] = result
+            self.emit(f"{_name(trial)} score {result['score']:.3f} | {self.line(trials)}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.failed.add(_name(trial))
-        self.emit(self.line(trials, f"{_name(trial)} FAILED"))
+        self.emit(f"{_name(trial)} FAILED | {self.line(trials)}")
 
-    def line(self, trials: list, event: str) -> str:
-        running = sum(1 for t in trials if t.status == "RUNNING")
-        layer_scores = {n: s for n, s in self.scores.items() if s["spec"]["kind"] == "layers"}
-        best = max(layer_scores.items(), key=lambda item: item[1]["score"], default=None)
-        best_text = f"best layer so far {best[1]['spec']['layers']} ({best[1]['score']:.3f})" if best else "no layer finished yet"
-        return f"[{len(self.scores)}/{self.total} done, {running} running, {len(self.failed)} failed] {event}; {best_text}"
+    def line(self, trials: list) -> str:
+        rows = []
+        for trial in trials:
+            spec, name = TrialSpec.from_dict(_spec(trial)), _name(trial)
+            if name in self.finals:
+                rows.append(trial_row(self.sweep, spec, self.num_layers, self.finals[name], "done"))
+            elif name in self.failed:
+                rows.append(trial_row(self.sweep, spec, self.num_layers, {}, "failed"))
+            elif trial.status == "RUNNING":
+                rows.append(trial_row(self.sweep, spec, self.num_layers, {}, "running"))
+        return progress_line(results_frame(rows), total=self.total)

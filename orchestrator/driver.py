@@ -21,6 +21,7 @@ from ray import tune
 from orchestrator.callbacks import MlflowForwarder, ProgressPrinter
 from orchestrator.config import SweepConfig, parse_sweep_config
 from orchestrator.plan import plan_trials
+from orchestrator.results import results_frame, trial_row
 from orchestrator.tracking import SweepTracker, resolve_tracking_uri
 from orchestrator.tune_trainable import LayerTrainable
 from workers.spec import TrialSpec
@@ -103,19 +104,19 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, emit: Callable[[str]
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
         ),
-        run_config=_run_config(cfg, sweep_dir, uri, len(specs), emit),
+        run_config=_run_config(cfg, sweep_dir, uri, len(specs), num_layers, emit),
     )
     results = tuner.fit()
     return finish(cfg, sweep_dir, results, tracker, num_layers, time.time() - started, emit)
 
 
-def _run_config(cfg: SweepConfig, sweep_dir: Path, uri: str, total: int, emit: Callable[[str], None]) -> tune.RunConfig:
+def _run_config(cfg: SweepConfig, sweep_dir: Path, uri: str, total: int, num_layers: int, emit: Callable[[str], None]) -> tune.RunConfig:
     return tune.RunConfig(
         name=TUNE_DIR,
         storage_path=str(sweep_dir),
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
         checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=cfg.checkpoint_every, num_to_keep=2),
-        callbacks=[MlflowForwarder(uri, cfg.tracking.experiment, str(sweep_dir)), ProgressPrinter(total, emit)],
+        callbacks=[MlflowForwarder(uri, cfg.tracking.experiment, str(sweep_dir)), ProgressPrinter(cfg.name, total, num_layers, emit)],
         verbose=0,
     )
 
@@ -149,26 +150,9 @@ def results_table(cfg: SweepConfig, results: Any, num_layers: int) -> pd.DataFra
         spec = TrialSpec.from_dict(result.config["trial"]["spec"])
         metrics = result.metrics or {}
         done = result.error is None and "score" in metrics
-        rows.append(
-            {
-                "sweep": cfg.name,
-                "trial": spec.name,
-                "kind": spec.kind,
-                "layer": spec.layers[0] if spec.kind == "layers" else None,
-                "num_layers": num_layers,
-                "seed": spec.seed,
-                "score": float(metrics["score"]) if done else None,
-                "status": "done" if done else "failed",
-                "steps": int(metrics.get("steps", metrics.get("step", 0)) or 0),
-                "eval_size": metrics.get("eval_size"),
-                "trainable_parameters": metrics.get("trainable_parameters"),
-                "trainable_checksum": metrics.get("trainable_checksum"),
-                "error": str(result.error).strip().splitlines()[-1][:300] if result.error else None,
-            }
-        )
-    table = pd.DataFrame(rows).sort_values(["kind", "layer", "seed"], na_position="first", ignore_index=True)
-    table["layer"] = table["layer"].astype("Int64")
-    return table
+        error = str(result.error).strip().splitlines()[-1][:300] if result.error else None
+        rows.append(trial_row(cfg.name, spec, num_layers, metrics, "done" if done else "failed", error))
+    return results_frame(rows)
 
 
 def finish(cfg: SweepConfig, sweep_dir: Path, results: Any, tracker: SweepTracker, num_layers: int, seconds: float, emit: Callable[[str], None]) -> pd.DataFrame:

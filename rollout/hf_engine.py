@@ -28,14 +28,15 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -
     return ids, mask
 
 
-def completion_mask(completion_ids_NT: torch.Tensor, eos_token_id: int, pad_token_id: int) -> torch.Tensor:
-    """1 up to and including the first EOS; 0 after it (generate pads finished rows with pad tokens)."""
+def completion_mask(completion_ids_NT: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """1 up to and including the first EOS; 0 after it.
+
+    Only the EOS position decides: generate pads a row only after its EOS, and a pad token sampled
+    mid-completion (an untrained model does that) was generated and attended to like any other token.
+    """
     is_eos = completion_ids_NT == eos_token_id
     after_eos = (torch.cumsum(is_eos.long(), dim=1) - is_eos.long()) > 0
-    mask = ~after_eos
-    if pad_token_id != eos_token_id:
-        mask &= completion_ids_NT != pad_token_id
-    return mask.long()
+    return (~after_eos).long()
 
 
 class HFEngine:
@@ -72,7 +73,7 @@ class HFEngine:
         completion_ids_NT = output.sequences[:, prompt_ids_NS.shape[1] :]
         scores_NTV = torch.stack(output.scores, dim=1).float()
         logp_NT = torch.log_softmax(scores_NTV, dim=-1).gather(-1, completion_ids_NT.unsqueeze(-1)).squeeze(-1)
-        mask_NT = completion_mask(completion_ids_NT, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+        mask_NT = completion_mask(completion_ids_NT, self.tokenizer.eos_token_id)
         completion_ids_NT = torch.where(mask_NT.bool(), completion_ids_NT, self.tokenizer.pad_token_id)
         texts = self._decode(completion_ids_NT, mask_NT)
         return RolloutBatch(
@@ -101,7 +102,7 @@ class HFEngine:
         )
         self.model.train(was_training)
         completion_ids = sequences[:, prompt_ids.shape[1] :]
-        return self._decode(completion_ids, completion_mask(completion_ids, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id))
+        return self._decode(completion_ids, completion_mask(completion_ids, self.tokenizer.eos_token_id))
 
     @torch.no_grad()
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, float]:

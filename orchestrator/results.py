@@ -1,0 +1,37 @@
+"""The results-table row of one trial: one schema for the live progress line and the final parquet."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from workers.spec import TrialSpec
+
+
+def trial_row(sweep: str, spec: TrialSpec, num_layers: int, metrics: dict[str, Any], status: str, error: str | None = None) -> dict[str, Any]:
+    """status: done | running | failed; `score` is kept only for done trials."""
+    return {
+        "sweep": sweep,
+        "trial": spec.name,
+        "kind": spec.kind,
+        "layer": spec.layers[0] if spec.kind == "layers" else None,
+        "num_layers": num_layers,
+        "seed": spec.seed,
+        "score": float(metrics["score"]) if status == "done" else None,
+        "status": status,
+        "steps": int(metrics.get("steps", metrics.get("step", 0)) or 0),
+        "eval_size": metrics.get("eval_size"),
+        "trainable_parameters": metrics.get("trainable_parameters"),
+        "trainable_checksum": metrics.get("trainable_checksum"),
+        "error": error,
+    }
+
+
+def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table = table.sort_values(["kind", "layer", "seed"], na_position="first", ignore_index=True)
+    table["layer"] = table["layer"].astype("Int64")
+    return table
