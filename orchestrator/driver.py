@@ -51,6 +51,18 @@ def start_ray(address: str | None, num_cpus: int | None = None, include_dashboar
     return f"http://{url}" if url and not url.startswith("http") else url
 
 
+def _connect(cfg: SweepConfig, sweep_dir: Path, address: str | None, include_dashboard: bool,
+             emit: Callable[[str], None]) -> tuple[str, SweepTracker]:
+    """Join or start Ray and open (or reopen, on resume) the sweep's MLflow parent run."""
+    dashboard = start_ray(address, include_dashboard=include_dashboard)
+    if dashboard:
+        emit(f"Ray dashboard: {dashboard}")
+    uri = resolve_tracking_uri(cfg.tracking.tracking_uri, sweep_dir)
+    tracker = SweepTracker(uri, cfg.tracking.experiment, sweep_dir)
+    tracker.start_sweep(cfg.name, cfg.model_dump(mode="json"))
+    return uri, tracker
+
+
 def model_num_layers(model_dir: Path | str) -> int:
     from transformers import AutoConfig
 
@@ -84,12 +96,7 @@ def prepare(cfg: SweepConfig) -> tuple[Path, list[TrialSpec], int]:
 def run_sweep(cfg: SweepConfig, address: str | None = None, emit: Callable[[str], None] = print, include_dashboard: bool = True) -> pd.DataFrame:
     started = time.time()
     sweep_dir, specs, num_layers = prepare(cfg)
-    dashboard = start_ray(address, include_dashboard=include_dashboard)
-    if dashboard:
-        emit(f"Ray dashboard: {dashboard}")
-    uri = resolve_tracking_uri(cfg.tracking.tracking_uri, sweep_dir)
-    tracker = SweepTracker(uri, cfg.tracking.experiment, sweep_dir)
-    tracker.start_sweep(cfg.name, cfg.model_dump(mode="json"))
+    uri, tracker = _connect(cfg, sweep_dir, address, include_dashboard, emit)
     emit(f"sweep {cfg.name}: {len(specs)} trials on a {num_layers}-layer model; MLflow {uri}")
     per_seed = {seed: cfg.trial_config(seed).model_dump(mode="json") for seed in {s.seed for s in specs}}
     param_space = {
@@ -132,12 +139,7 @@ def resume_sweep(sweep_dir: Path, address: str | None = None, emit: Callable[[st
     if not tune.Tuner.can_restore(str(tune_dir)):
         raise FileNotFoundError(f"{tune_dir} holds no restorable Tune experiment")
     num_layers = json.loads((sweep_dir / "plan.json").read_text())["num_layers"]
-    dashboard = start_ray(address, include_dashboard=include_dashboard)
-    if dashboard:
-        emit(f"Ray dashboard: {dashboard}")
-    uri = resolve_tracking_uri(cfg.tracking.tracking_uri, sweep_dir)
-    tracker = SweepTracker(uri, cfg.tracking.experiment, sweep_dir)
-    tracker.start_sweep(cfg.name, cfg.model_dump(mode="json"))
+    uri, tracker = _connect(cfg, sweep_dir, address, include_dashboard, emit)
     emit(f"resuming sweep {cfg.name} from {tune_dir}")
     tuner = tune.Tuner.restore(str(tune_dir), trainable=_trainable(cfg), resume_unfinished=True, resume_errored=True)
     results = tuner.fit()

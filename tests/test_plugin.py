@@ -9,7 +9,7 @@ import pytest
 
 from rollout.config import DatasetConfig, TaskConfig
 from rollout.tasks.base import reward_meta
-from rollout.tasks.math_task import MathTask
+from rollout.tasks.registry import build_task
 from rollout.tasks.plugin import call_reward_plugin, load_reward_plugin
 
 PLUGIN_SOURCE = '''
@@ -74,11 +74,11 @@ def test_errors_are_one_line_value_errors_naming_task_reward(plugin_module, spec
     assert "\n" not in text
 
 
-def test_a_task_uses_the_plugin_instead_of_its_reward(plugin_module):
+def test_a_math_task_uses_the_plugin_instead_of_its_reward(plugin_module):
     path = str(Path(__file__).parent / "fixtures" / "gsm8k_sample.jsonl")
     cfg = TaskConfig(kind="math", dataset=DatasetConfig(path=path, max_train=2, max_eval=2),
                      reward=f"{plugin_module}:length_reward")  # fmt: skip
-    task = MathTask(cfg)
+    task = build_task(cfg, None)
     examples = task.train_examples()
     assert task.reward([e.prompt for e in examples], ["ab", "abcd"], **reward_meta(examples)) == [2.0, 4.0]
     assert task.is_correct("#### 18", examples[0])  # evaluation still uses the built-in check
@@ -88,7 +88,7 @@ def test_a_bad_plugin_fails_when_the_task_is_built(plugin_module):
     path = str(Path(__file__).parent / "fixtures" / "gsm8k_sample.jsonl")
     cfg = TaskConfig(kind="math", dataset=DatasetConfig(path=path), reward=f"{plugin_module}:missing")
     with pytest.raises(ValueError, match="task.reward="):
-        MathTask(cfg)
+        build_task(cfg, None)
 
 
 def test_plugin_exceptions_score_zero_and_wrong_lengths_raise(plugin_module, caplog):
@@ -98,3 +98,13 @@ def test_plugin_exceptions_score_zero_and_wrong_lengths_raise(plugin_module, cap
     spec = f"{plugin_module}:too_short"
     with pytest.raises(ValueError, match="returned 1 rewards for 2 completions"):
         call_reward_plugin(load_reward_plugin(spec), spec, ["", ""], ["a", "b"], {"answer": ["", ""]})
+
+
+def test_the_plugin_replaces_the_arithmetic_reward_too(plugin_module):
+    from rollout.config import ArithmeticConfig
+
+    cfg = TaskConfig(arithmetic=ArithmeticConfig(num_train=4, num_eval=2), reward=f"{plugin_module}:length_reward")
+    task = build_task(cfg, None)
+    examples = list(task.train_examples())[:2]
+    assert task.reward([e.prompt for e in examples], ["a", "abc"], **reward_meta(examples)) == [1.0, 3.0]
+    assert task.name == "arithmetic"

@@ -22,9 +22,8 @@ from typing import Any, Mapping, Sequence
 
 from rollout.config import TaskConfig
 from rollout.sandbox import Program, SandboxLimits, SandboxResult, run_program, run_programs
-from rollout.tasks.base import RewardFn, TaskExample
+from rollout.tasks.base import TaskExample
 from rollout.tasks.datasets_io import load_examples
-from rollout.tasks.plugin import call_reward_plugin, load_reward_plugin
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +171,7 @@ def code_reward(
 
 
 class CodeTask:
-    """A `datasets` code dataset (see datasets_io) with `code_reward`, or the `task.reward` plugin."""
+    """A `datasets` code dataset (see datasets_io) with `code_reward`."""
 
     name = "code"
 
@@ -182,8 +181,6 @@ class CodeTask:
         self.partial_credit = cfg.code.partial_credit
         self.max_workers = cfg.code.max_workers
         self.format_weight = cfg.format_reward
-        self._plugin_spec = cfg.reward
-        self._plugin: RewardFn | None = load_reward_plugin(cfg.reward) if cfg.reward else None
         self._train = load_examples(cfg.dataset, "train", tokenizer)
         self._eval = load_examples(cfg.dataset, "eval", tokenizer)
         check_sandbox(self.limits)
@@ -195,8 +192,6 @@ class CodeTask:
         return self._eval
 
     def reward(self, prompts: Sequence[str], completions: Sequence[str], **meta: Sequence[Any]) -> list[float]:
-        if self._plugin is not None:
-            return call_reward_plugin(self._plugin, str(self._plugin_spec), prompts, completions, meta)
         return code_reward(prompts, completions, self.limits, self.partial_credit, self.max_workers,
                            self.format_weight, **meta)  # fmt: skip
 

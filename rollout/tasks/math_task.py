@@ -16,9 +16,8 @@ import re
 from typing import Any, Sequence
 
 from rollout.config import TaskConfig
-from rollout.tasks.base import RewardFn, TaskExample
+from rollout.tasks.base import TaskExample
 from rollout.tasks.datasets_io import load_examples
-from rollout.tasks.plugin import call_reward_plugin, load_reward_plugin
 from rollout.tasks.bounded_verify import BoundedVerifier, shared_verifier
 
 logger = logging.getLogger(__name__)
@@ -163,15 +162,13 @@ def math_reward(
 
 
 class MathTask:
-    """A `datasets` math dataset (see datasets_io) with `math_reward`, or the `task.reward` plugin."""
+    """A `datasets` math dataset (see datasets_io) with `math_reward`."""
 
     name = "math"
 
     def __init__(self, cfg: TaskConfig, tokenizer: Any | None = None, verifier: BoundedVerifier | None = None) -> None:
         assert cfg.dataset is not None, "TaskConfig validation guarantees a dataset for kind=math"
         self.format_weight = cfg.format_reward
-        self._plugin_spec = cfg.reward
-        self._plugin: RewardFn | None = load_reward_plugin(cfg.reward) if cfg.reward else None
         self._verifier = verifier
         self._train = load_examples(cfg.dataset, "train", tokenizer)
         self._eval = load_examples(cfg.dataset, "eval", tokenizer)
@@ -183,8 +180,6 @@ class MathTask:
         return self._eval
 
     def reward(self, prompts: Sequence[str], completions: Sequence[str], **meta: Sequence[Any]) -> list[float]:
-        if self._plugin is not None:
-            return call_reward_plugin(self._plugin, str(self._plugin_spec), prompts, completions, meta)
         return math_reward(prompts, completions, format_weight=self.format_weight, verifier=self._verifier, **meta)
 
     def is_correct(self, completion: str, example: TaskExample) -> bool:

@@ -65,3 +65,21 @@ def call_reward_plugin(
     if len(rewards) != len(completions):
         raise ValueError(f"task.reward={spec!r} returned {len(rewards)} rewards for {len(completions)} completions")
     return rewards
+
+
+class PluginRewardTask:
+    """Any task with its reward replaced by a `task.reward` plugin; data and correctness stay the task's own.
+
+    Wrapping at task construction makes the plugin work the same for every task kind.
+    """
+
+    def __init__(self, task: Any, spec: str) -> None:
+        self.task = task
+        self.spec = spec
+        self.plugin = load_reward_plugin(spec)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.task, name)
+
+    def reward(self, prompts: Sequence[str], completions: Sequence[str], **meta: Sequence[Any]) -> list[float]:
+        return call_reward_plugin(self.plugin, self.spec, prompts, completions, meta)

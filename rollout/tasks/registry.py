@@ -55,7 +55,12 @@ def _agentic(cfg: TaskConfig, tokenizer: PreTrainedTokenizerBase) -> Task:
 def build_task(cfg: TaskConfig, tokenizer: PreTrainedTokenizerBase) -> Task:
     if cfg.kind not in _BUILDERS:
         raise ValueError(f"task.kind={cfg.kind!r} is not available; known: {sorted(_BUILDERS)}")
-    return _BUILDERS[cfg.kind](cfg, tokenizer)
+    task = _BUILDERS[cfg.kind](cfg, tokenizer)
+    if cfg.reward:
+        from rollout.tasks.plugin import PluginRewardTask
+
+        task = PluginRewardTask(task, cfg.reward)
+    return task
 
 
 def task_fingerprint(task: Task) -> str:
