@@ -179,3 +179,26 @@ def test_non_finite_loss_raises_before_the_optimizer_step(tiny_model, tokenizer)
             UpdateBatch(ScoringInputs.from_batch(batch), adv, batch.sample_logp_NT), AlgorithmConfig(), 5, 1.0,
         )
     assert all(torch.equal(p, b) for p, b in zip(params, before))
+
+
+def test_truncated_importance_sampling_scales_the_policy_loss_by_the_capped_ratio(tiny_model, tokenizer):
+    """Engine log-probs ln 2 below the trainer's: weight min(2, cap) multiplies every token's loss."""
+    selection = select_trainable(tiny_model, TrialSpec("layers", (1,)))
+    params = [p for n, p in tiny_model.named_parameters() if n in selection.parameter_names]
+    batch = _batch(tiny_model, tokenizer)
+    inputs = ScoringInputs.from_batch(batch)
+    scorer = PolicyScorer(tiny_model, selection.layout, 1)
+    with torch.no_grad():
+        trainer_logp, _ = scorer.token_logp(inputs, scorer.prefix(inputs))
+    engine_logp = trainer_logp - torch.log(torch.tensor(2.0))
+    adv = torch.ones(batch.num_rows)  # ratio 1 at the first epoch: every token's loss is -A = -1
+
+    def pg_loss(cap):
+        optimizer = torch.optim.SGD(params, lr=0.0)  # lr 0: weights stay put between the two calls
+        return policy_update(scorer, optimizer, params, UpdateBatch(inputs, adv, engine_logp), AlgorithmConfig(), 5, 1e9,
+                             truncated_is_cap=cap)["pg_loss"]
+
+    plain = pg_loss(None)
+    assert plain == pytest.approx(-1.0, rel=1e-5)
+    assert pg_loss(1.5) == pytest.approx(1.5 * plain, rel=1e-4)
+    assert pg_loss(10.0) == pytest.approx(2.0 * plain, rel=1e-4)
