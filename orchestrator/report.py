@@ -142,14 +142,14 @@ def plot_contribution(summary: SweepSummary, path: Path | str) -> Path:
         title += "\ngain not resolved above noise: raw score deltas shown"
     ax.set_title(title, fontsize=10)
     bottom, top_y = ax.get_ylim()
-    ax.set_ylim(bottom, top_y + 0.2 * (top_y - bottom))  # headroom so the legend never hides the full line
+    ax.set_ylim(bottom, top_y + 0.35 * (top_y - bottom))  # headroom so the legend never hides the full line
     handles, labels = ax.get_legend_handles_labels()
     handles += [Patch(color="#4c72b0"), Patch(color="#c44e52")]
     labels += ["layer i alone (95% CI)", "below base"]
     if summary.best_layer is not None:
         handles.append(Patch(color="#dd8452"))
         labels.append(f"best layer ({summary.best_layer})")
-    ax.legend(handles, labels, loc="upper left", ncol=len(handles), fontsize=8, frameon=False)
+    ax.legend(handles, labels, loc="upper left", ncol=min(3, len(handles)), fontsize=8, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
