@@ -1,6 +1,4 @@
-"""A GiGPO trial on a real text FrozenLake with a real (tiny) model: the multi-turn path end to end."""
-
-import json
+"""GiGPO and GRPO trials on a real text key-and-door environment with a real (tiny) model: the multi-turn path end to end."""
 
 import pytest
 import torch
