@@ -25,7 +25,10 @@ process's torch threads. vLLM's CPU worker would cut them to 1 (unless OMP_NUM_T
 it to an actor's num_cpus) and replace `torch.set_num_threads` process-wide with a no-op; the engine
 undoes both after start-up, so the trainer sharing the process keeps control of its threads. Start-up
 also seeds the process's global RNGs with `seed` (vLLM warns about it), and calls without a sampling
-seed draw from the global torch RNG, as `HFEngine` does.
+seed draw from the global torch RNG, as `HFEngine` does. At start-up vLLM 0.32 on CPU scans every module in
+`sys.modules`; an unbound werkzeug/flask context proxy there (a process that imported `mlflow.server` or
+flask's globals) makes that scan raise "Working outside of application context", so start engines in
+processes that do not host an MLflow/flask server (trial actors never do).
 
 Sleep mode (GPU only, written from vLLM's docs, untested here): `sleep()` offloads the weights to host
 memory and drops the KV cache (level 1) so the policy update can use the GPU; `wake()` restores them.

@@ -320,8 +320,10 @@ def test_unprivileged_caller_still_gets_namespaces():
 
     repo = Path(__file__).resolve().parents[1]
     python, setpriv = shutil.which("python3", path="/usr/bin:/bin"), shutil.which("setpriv")
-    if not IS_ROOT or not python or not setpriv or repo.stat().st_mode & 0o005 != 0o005:
-        pytest.skip("needs root, setpriv and a system python3 that `nobody` can run on a world-readable repo")
+    reachable = repo.stat().st_mode & 0o005 == 0o005 and all(p.stat().st_mode & 0o001 for p in repo.parents)
+    if not IS_ROOT or not python or not setpriv or not reachable:
+        pytest.skip("needs root, setpriv and a system python3 that `nobody` can run on a world-readable repo "
+                    "whose parent directories it can traverse")
     script = UNPRIVILEGED_SCRIPT.format(repo=str(repo), repo_file=str(repo / "escape.txt"), caller_pid=os.getpid())
     done = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", python, "-c", script],
                           capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})  # fmt: skip
