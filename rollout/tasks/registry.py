@@ -11,19 +11,11 @@ from transformers import PreTrainedTokenizerBase
 from rollout.config import TaskConfig
 from rollout.tasks.arithmetic import ArithmeticTask
 from rollout.tasks.base import Task
+from workers.algorithms.registry import Registry
 
 TaskBuilder = Callable[[TaskConfig, PreTrainedTokenizerBase], Task]
-_BUILDERS: dict[str, TaskBuilder] = {}
-
-
-def register_task(kind: str) -> Callable[[TaskBuilder], TaskBuilder]:
-    def decorate(builder: TaskBuilder) -> TaskBuilder:
-        if kind in _BUILDERS:
-            raise ValueError(f"task kind {kind!r} is already registered")
-        _BUILDERS[kind] = builder
-        return builder
-
-    return decorate
+_BUILDERS: Registry[TaskBuilder] = Registry("task kind")
+register_task = _BUILDERS.register
 
 
 @register_task("arithmetic")
@@ -53,9 +45,9 @@ def _agentic(cfg: TaskConfig, tokenizer: PreTrainedTokenizerBase) -> Task:
 
 
 def build_task(cfg: TaskConfig, tokenizer: PreTrainedTokenizerBase) -> Task:
-    if cfg.kind not in _BUILDERS:
-        raise ValueError(f"task.kind={cfg.kind!r} is not available; known: {sorted(_BUILDERS)}")
-    task = _BUILDERS[cfg.kind](cfg, tokenizer)
+    if cfg.kind not in _BUILDERS.names():
+        raise ValueError(f"task.kind={cfg.kind!r} is not available; known: {_BUILDERS.names()}")
+    task = _BUILDERS.get(cfg.kind)(cfg, tokenizer)
     if cfg.reward:
         from rollout.tasks.plugin import PluginRewardTask
 
