@@ -13,19 +13,18 @@ from typing import Any, Callable
 from ray import tune
 
 from orchestrator.report import progress_line
-from orchestrator.results import results_frame, trial_row
+from orchestrator.results import results_frame, spec_from_config, trial_row
 from orchestrator.tracking import SweepTracker
-from workers.spec import TrialSpec
 
 log = logging.getLogger(__name__)
 
 
 def _spec(trial: Any) -> dict[str, Any]:
-    return trial.config["trial"]["spec"]
+    return spec_from_config(trial.config).to_dict()
 
 
 def _name(trial: Any) -> str:
-    return TrialSpec.from_dict(_spec(trial)).name
+    return spec_from_config(trial.config).name
 
 
 class MlflowForwarder(tune.Callback):
@@ -95,7 +94,8 @@ class ProgressPrinter(tune.Callback):
     def line(self, trials: list) -> str:
         rows = []
         for trial in trials:
-            spec, name = TrialSpec.from_dict(_spec(trial)), _name(trial)
+            spec = spec_from_config(trial.config)
+            name = spec.name
             if name in self.finals:
                 rows.append(trial_row(self.sweep, spec, self.num_layers, self.finals[name], "done"))
             elif name in self.failed:

@@ -21,7 +21,7 @@ from ray import tune
 from orchestrator.callbacks import MlflowForwarder, ProgressPrinter
 from orchestrator.config import SweepConfig, parse_sweep_config
 from orchestrator.plan import plan_trials
-from orchestrator.results import results_frame, trial_row
+from orchestrator.results import results_frame, spec_from_config, trial_row
 from orchestrator.tracking import SweepTracker, resolve_tracking_uri
 from orchestrator.tune_trainable import LayerTrainable
 from workers.spec import TrialSpec
@@ -71,7 +71,7 @@ def model_num_layers(model_dir: Path | str) -> int:
 
 
 def _trial_name(trial: Any) -> str:
-    return TrialSpec.from_dict(trial.config["trial"]["spec"]).name
+    return spec_from_config(trial.config).name
 
 
 def _trainable(cfg: SweepConfig) -> Any:
@@ -149,7 +149,7 @@ def resume_sweep(sweep_dir: Path, address: str | None = None, emit: Callable[[st
 def results_table(cfg: SweepConfig, results: Any, num_layers: int) -> pd.DataFrame:
     rows = []
     for result in results:
-        spec = TrialSpec.from_dict(result.config["trial"]["spec"])
+        spec = spec_from_config(result.config)
         metrics = result.metrics or {}
         done = result.error is None and "score" in metrics
         error = str(result.error).strip().splitlines()[-1][:300] if result.error else None

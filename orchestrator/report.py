@@ -165,9 +165,13 @@ def write_report(results: pd.DataFrame, out_dir: Path | str) -> dict[str, Path]:
     Returns {"ranking_md", "ranking_csv", "contribution_png"} -> path. Works from a stored
     results.parquet, so `layersweep report SWEEP_DIR` re-renders without rerunning anything.
     """
+    return write_summary_report(summarize(results), out_dir)
+
+
+def write_summary_report(summary: SweepSummary, out_dir: Path | str) -> dict[str, Path]:
+    """write_report for an already aggregated sweep (the driver also needs the summary for its table)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarize(results)
     files = {"ranking_md": out_dir / RANKING_MD, "ranking_csv": out_dir / RANKING_CSV, "contribution_png": out_dir / CONTRIBUTION_PNG}
     files["ranking_md"].write_text(ranking_markdown(summary))
     summary.frame().to_csv(files["ranking_csv"], index=False)

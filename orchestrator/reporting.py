@@ -8,13 +8,13 @@ import pandas as pd
 
 from orchestrator.aggregate import summarize
 from orchestrator.compare import comparison_text, write_comparison
-from orchestrator.report import summary_metrics, terminal_table, write_report
+from orchestrator.report import summary_metrics, terminal_table, write_summary_report
 
 
 def render_sweep(table: pd.DataFrame, sweep_dir: Path) -> tuple[list[Path], str, dict[str, float]]:
     """Write ranking.md / ranking.csv / contribution.png; return (files, terminal text, summary metrics)."""
-    files = write_report(table, sweep_dir)
     summary = summarize(table)
+    files = write_summary_report(summary, sweep_dir)
     return list(files.values()), terminal_table(summary), summary_metrics(summary)
 
 

@@ -9,6 +9,11 @@ import pandas as pd
 from workers.spec import TrialSpec
 
 
+def spec_from_config(config: dict[str, Any]) -> TrialSpec:
+    """The TrialSpec inside a Tune trial's config (see driver.run_sweep's param_space)."""
+    return TrialSpec.from_dict(config["trial"]["spec"])
+
+
 def trial_row(sweep: str, spec: TrialSpec, num_layers: int, metrics: dict[str, Any], status: str, error: str | None = None) -> dict[str, Any]:
     """status: done | running | failed; `score` is kept only for done trials."""
     return {

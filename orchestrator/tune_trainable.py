@@ -7,7 +7,6 @@ filesystem needed on a cluster).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -18,8 +17,8 @@ from ray import tune
 from workers.checkpoint import load_checkpoint, save_checkpoint
 from workers.config import TrialConfig
 from workers.metrics_log import MetricsLog
-from workers.runner import METRICS_FILE, SCORE_FILE, final_record, maybe_inject_fault
-from workers.spec import TrialSpec
+from workers.runner import METRICS_FILE, advance, finish
+from orchestrator.results import spec_from_config
 from workers.trial import LayerTrial
 
 log = logging.getLogger(__name__)
@@ -30,7 +29,7 @@ class LayerTrainable(tune.Trainable):
 
     def setup(self, config: dict[str, Any]) -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        self.spec = TrialSpec.from_dict(config["trial"]["spec"])
+        self.spec = spec_from_config(config)
         self.cfg = TrialConfig.model_validate(config["trial"]["trial_config"])
         self.trial_dir = Path(config["trials_dir"]) / self.spec.name
         self.trial_dir.mkdir(parents=True, exist_ok=True)
@@ -47,18 +46,13 @@ class LayerTrainable(tune.Trainable):
             self._log_aligned = True
         if trial.done:  # base trial, or a restored trial whose training had finished
             return self._final({"step": trial.step})
-        maybe_inject_fault(self.cfg, trial.step + 1, self.trial_dir)
-        record = trial.train_step()
-        if self.cfg.eval.every_steps and trial.step % self.cfg.eval.every_steps == 0 and not trial.done:
-            record.update({f"eval_{k}": v for k, v in trial.evaluate().items()})
-        self.metrics.append(record)
+        record = advance(trial, self.trial_dir, self.metrics)
         if trial.done:
             return self._final(record)
         return {**record, "trial_name": self.spec.name}
 
     def _final(self, record: dict[str, Any]) -> dict[str, Any]:
-        final = final_record(self.trial, self.trial.evaluate())
-        (self.trial_dir / SCORE_FILE).write_text(json.dumps(final, indent=2))
+        final = dict(finish(self.trial, self.trial_dir))
         final.pop("spec")
         return {**record, **final, "trial_name": self.spec.name, "done": True}
 

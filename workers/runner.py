@@ -47,6 +47,24 @@ def final_record(trial: LayerTrial, evaluation: dict[str, float]) -> dict[str, A
     }
 
 
+def advance(trial: LayerTrial, trial_dir: Path, metrics: MetricsLog) -> dict[str, Any]:
+    """One RL step (with the optional periodic evaluation), appended to the metrics log."""
+    cfg = trial.cfg
+    maybe_inject_fault(cfg, trial.step + 1, trial_dir)
+    record = trial.train_step()
+    if cfg.eval.every_steps and trial.step % cfg.eval.every_steps == 0 and not trial.done:
+        record.update({f"eval_{k}": v for k, v in trial.evaluate().items()})
+    metrics.append(record)
+    return record
+
+
+def finish(trial: LayerTrial, trial_dir: Path) -> dict[str, Any]:
+    """Held-out evaluation of the trained weights, written to score.json."""
+    result = final_record(trial, trial.evaluate())
+    (trial_dir / SCORE_FILE).write_text(json.dumps(result, indent=2))
+    return result
+
+
 def run_trial(
     cfg: TrialConfig,
     spec: TrialSpec,
@@ -64,17 +82,11 @@ def run_trial(
     metrics.truncate_after(trial.step)
     try:
         while not trial.done:
-            maybe_inject_fault(cfg, trial.step + 1, trial_dir)
-            record = trial.train_step()
-            if cfg.eval.every_steps and trial.step % cfg.eval.every_steps == 0 and not trial.done:
-                record.update({f"eval_{k}": v for k, v in trial.evaluate().items()})
-            metrics.append(record)
+            record = advance(trial, trial_dir, metrics)
             if on_metrics:
                 on_metrics(record)
             if cfg.checkpoint_every and trial.step % cfg.checkpoint_every == 0:
                 save_checkpoint(checkpoint_dir, trial.state_dict())
-        result = final_record(trial, trial.evaluate())
-        (trial_dir / SCORE_FILE).write_text(json.dumps(result, indent=2))
-        return result
+        return finish(trial, trial_dir)
     finally:
         trial.close()
