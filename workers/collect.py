@@ -40,25 +40,30 @@ def step_seed(seed: int, step: int) -> int:
     return seed * 1_000_003 + step
 
 
+def shuffled(items: Sequence[Any], data_seed: int) -> list[Any]:
+    generator = torch.Generator().manual_seed(data_seed)
+    return [items[i] for i in torch.randperm(len(items), generator=generator).tolist()]
+
+
+def step_window(order: Sequence[Any], step: int, count: int) -> list[Any]:
+    """The `count` items of a step, cycling through `order`: data position is a pure function of the step,
+    so a resumed trial sees exactly the same prompts (or environment seeds)."""
+    start = step * count
+    return [order[(start + k) % len(order)] for k in range(count)]
+
+
 class SingleTurnCollector:
     def __init__(self, task: Task, engine: RolloutEngine, sampling: SamplingConfig, algorithm: AlgorithmConfig,
                  prompts_per_step: int, eval_examples: Sequence[TaskExample], eval_batch_size: int, pass_k: int, data_seed: int) -> None:
         self.task, self.engine, self.sampling, self.algorithm = task, engine, sampling, algorithm
         self.prompts_per_step = prompts_per_step
-        self.train_examples = list(task.train_examples())
+        self.data_order = shuffled(list(task.train_examples()), data_seed)
         self.eval_examples = list(eval_examples)
         self.eval_batch_size, self.pass_k = eval_batch_size, pass_k
-        generator = torch.Generator().manual_seed(data_seed)
-        self.data_order = torch.randperm(len(self.train_examples), generator=generator).tolist()
         self.estimator = ADVANTAGE_ESTIMATORS.get("dr_grpo" if algorithm.name == "dr_grpo" else "grpo")
 
-    def step_examples(self, step: int) -> list[TaskExample]:
-        """Data position is a pure function of the step, so a resumed trial sees exactly the same prompts."""
-        start = step * self.prompts_per_step
-        return [self.train_examples[self.data_order[(start + k) % len(self.data_order)]] for k in range(self.prompts_per_step)]
-
     def collect(self, step: int, seed: int) -> Collected:
-        examples = self.step_examples(step)
+        examples = step_window(self.data_order, step, self.prompts_per_step)
         settings = SamplingSettings(self.sampling.group_size, self.sampling.max_new_tokens, self.sampling.temperature,
                                     self.sampling.top_p, seed=step_seed(seed, step))
         batch = self.engine.generate([e.prompt for e in examples], settings)
@@ -117,12 +122,10 @@ class MultiTurnCollector:
         self.task, self.engine, self.sampling, self.algorithm = task, engine, sampling, algorithm
         self.groups_per_step = groups_per_step
         self.pad_token_id = pad_token_id
-        generator = torch.Generator().manual_seed(data_seed)
-        self.seed_order = [task.train_seeds[i] for i in torch.randperm(len(task.train_seeds), generator=generator).tolist()]
+        self.seed_order = shuffled(task.train_seeds, data_seed)
 
     def collect(self, step: int, seed: int) -> Collected:
-        start = step * self.groups_per_step
-        seeds = [self.seed_order[(start + k) % len(self.seed_order)] for k in range(self.groups_per_step)]
+        seeds = step_window(self.seed_order, step, self.groups_per_step)
         settings = self.task.settings(self.sampling.max_new_tokens, self.sampling.temperature, self.sampling.top_p, step_seed(seed, step))
         groups = rollout_groups(self.engine, self.task.env_factory(), seeds, self.sampling.group_size, settings)
         rows = flatten_groups(groups, self.pad_token_id, completion_width=self.sampling.max_new_tokens)
