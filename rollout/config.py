@@ -96,7 +96,7 @@ class AgenticConfig(Section):
     """A multi-turn text environment: G trajectories per group start from one seed; one action per turn."""
 
     env: str = "frozenlake"
-    """Registered environment name (see rollout.envs.registry): frozenlake | keydoor."""
+    """Registered environment name (see rollout.envs.registry): frozenlake | keydoor | sokoban."""
     options: dict[str, Any] = {}
     """Keyword options of the environment (e.g. size, is_slippery for frozenlake; height, width for keydoor)."""
     max_turns: int = Field(8, ge=1)
@@ -108,6 +108,13 @@ class AgenticConfig(Section):
     """Noisy-oracle episodes the embedded model is pre-trained on."""
     demo_noise: float = Field(0.3, ge=0, le=1)
     """Probability that a demonstrated action is random instead of the oracle's."""
+    eval_decoding: Literal["greedy", "sample"] = "greedy"
+    """How held-out episodes choose actions for the trial's `score` (and the pre-training target): the greedy
+    completion, or sampling at the rollout temperature, i.e. the very policy RL optimises. A model imitating
+    noisy demonstrations already has the oracle action as its argmax almost everywhere, so RL mostly raises
+    its sampled success; both rates are always reported (`success_greedy`, `success_sampled`)."""
+    eval_episodes_per_seed: int = Field(1, ge=1)
+    """Sampled episodes played from each eval seed; more lowers the noise of the sampled success rate."""
 
 
 class TaskConfig(Section):

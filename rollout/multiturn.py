@@ -4,7 +4,8 @@ A group is G trajectories that all reset from the same seed (GiGPO's preconditio
 their states can coincide). Each turn, every still-active trajectory gets a prompt (instruction + the last k
 observation/action pairs + the current observation), the engine samples ONE completion per prompt, the
 environment parses and applies it; a trajectory stops when its episode ends or after `max_turns`. All
-active trajectories of all groups share one `engine.generate` call per turn.
+active trajectories of all groups share one `engine.generate` call per turn. The same loop, with the
+engine's greedy completion as the action, evaluates a policy (`MultiTurnSettings.greedy`).
 
 Each step is one training row: its prompt (the rendered history) and its action tokens, exactly as the
 engine sampled them, so the trainer scores what was generated. `flatten_groups` lays the rows out like a
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Hashable, Iterator, Sequence
+from typing import Callable, Hashable, Iterator, NamedTuple, Sequence
 
 import torch
 
@@ -51,6 +52,9 @@ class MultiTurnSettings:
     top_p: float = 1.0
     seed: int | None = None
     """Sampling seed of the whole rollout; turn t samples with a seed derived from (seed, t)."""
+    greedy: bool = False
+    """Act with the engine's greedy completion instead of sampling (evaluation). Greedy steps carry no
+    token ids or log-probs: they are for scoring a policy, never for training on."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,41 @@ def _turn_seed(seed: int | None, turn: int) -> int | None:
     return None if seed is None else (seed * 1_000_003 + turn) % (2**63)
 
 
+class TurnAction(NamedTuple):
+    """What the engine produced for one trajectory in one turn; ids and log-probs are empty when greedy."""
+
+    text: str
+    prompt_token_ids: tuple[int, ...]
+    action_token_ids: tuple[int, ...]
+    action_logp: tuple[float, ...]
+
+
+def _act(engine: RolloutEngine, prompts: list[str], settings: MultiTurnSettings, turn: int) -> list[TurnAction]:
+    """One completion per prompt: greedy text only, or sampled with the token ids and log-probs to train on."""
+    if settings.greedy:
+        return [TurnAction(text, (), (), ()) for text in engine.greedy(prompts, settings.max_new_tokens)]
+    sampling = SamplingSettings(
+        group_size=1,
+        max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        seed=_turn_seed(settings.seed, turn),
+    )
+    batch = engine.generate(prompts, sampling)
+    if batch.num_rows != len(prompts):
+        raise RuntimeError(f"engine returned {batch.num_rows} rows for {len(prompts)} prompts (group_size=1)")
+    actions = []
+    for row, text in enumerate(batch.completions_text):
+        action_mask = batch.completion_mask_NT[row].bool()
+        actions.append(TurnAction(
+            text,
+            tuple(batch.prompt_ids_NS[row][batch.prompt_mask_NS[row].bool()].tolist()),
+            tuple(batch.completion_ids_NT[row][action_mask].tolist()),
+            tuple(batch.sample_logp_NT[row][action_mask].tolist()),
+        ))
+    return actions
+
+
 def rollout_groups(
     engine: RolloutEngine,
     env_factory: Callable[[], TextEnv],
@@ -118,29 +157,19 @@ def rollout_groups(
         prompts = [
             settings.prompt.render(envs[g][j].instruction, histories[g][j], observations[g][j]) for g, j in active
         ]
-        sampling = SamplingSettings(
-            group_size=1,
-            max_new_tokens=settings.max_new_tokens,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            seed=_turn_seed(settings.seed, turn),
-        )
-        batch = engine.generate(prompts, sampling)
-        if batch.num_rows != len(prompts):
-            raise RuntimeError(f"engine returned {batch.num_rows} rows for {len(prompts)} prompts (group_size=1)")
+        actions = _act(engine, prompts, settings, turn)
         still_active = []
-        for row, ((g, j), prompt) in enumerate(zip(active, prompts)):
-            env, text = envs[g][j], batch.completions_text[row]
+        for ((g, j), prompt, (text, prompt_ids, action_ids, action_logp)) in zip(active, prompts, actions):
+            env = envs[g][j]
             state_key = env.state_key()
             observation, reward, done, info = env.step(text)
-            action_mask = batch.completion_mask_NT[row].bool()
             groups[g].trajectories[j].steps.append(
                 StepRecord(
                     prompt=prompt,
-                    prompt_token_ids=tuple(batch.prompt_ids_NS[row][batch.prompt_mask_NS[row].bool()].tolist()),
+                    prompt_token_ids=prompt_ids,
                     action_text=text,
-                    action_token_ids=tuple(batch.completion_ids_NT[row][action_mask].tolist()),
-                    action_logp=tuple(batch.sample_logp_NT[row][action_mask].tolist()),
+                    action_token_ids=action_ids,
+                    action_logp=action_logp,
                     state_key=state_key,
                     action=info["action"],
                     reward=reward,

@@ -240,3 +240,14 @@ def test_flatten_rejects_empty_and_too_narrow():
     groups = rollout_groups(ScriptedPolicy(lake_walker(0.0)), FrozenLakeTextEnv, [0], 2, SETTINGS)
     with pytest.raises(ValueError, match="completion_width"):
         flatten_groups(groups, PAD, completion_width=2)
+
+
+def test_greedy_mode_acts_with_the_engines_greedy_completion_and_records_no_tokens():
+    """Greedy evaluation goes through the same loop: every action is `engine.greedy`, nothing is sampled."""
+    engine = ScriptedPolicy(lambda prompt, rng, call: "right" if call == -1 else "left")  # greedy calls pass -1
+    settings = MultiTurnSettings(max_turns=12, max_new_tokens=8, greedy=True)
+    group = rollout_groups(engine, lambda: FrozenLakeTextEnv(desc=["SFFG"]), [0], 2, settings)[0]
+    assert engine.calls == []  # generate() was never called
+    for trajectory in group.trajectories:
+        assert [s.action for s in trajectory.steps] == ["right"] * 3 and trajectory.success
+        assert all(s.action_token_ids == () and s.action_logp == () and s.prompt_token_ids == () for s in trajectory.steps)

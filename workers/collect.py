@@ -18,7 +18,7 @@ from rollout.tasks.base import Task, TaskExample, reward_meta
 from workers.algorithms import ADVANTAGE_ESTIMATORS
 from workers.algorithms.gigpo import gigpo_advantages
 from workers.config import AlgorithmConfig
-from workers.evaluate import greedy_accuracy, greedy_env_success, pass_at_k
+from workers.evaluate import greedy_accuracy, pass_at_k
 from workers.policy import ScoringInputs
 from workers.update import NonFiniteLossError, UpdateBatch
 
@@ -142,9 +142,14 @@ class MultiTurnCollector:
         return Collected(UpdateBatch(ScoringInputs.from_batch(rows.batch), adv_N, rows.batch.sample_logp_NT), metrics)
 
     def evaluate(self, engine: RolloutEngine) -> dict[str, float]:
-        settings = self.task.settings(self.sampling.max_new_tokens, 1.0, 1.0, None)
-        success = greedy_env_success(engine, self.task.env_factory(), self.task.eval_seeds, settings)
-        return {"score": success, "eval_size": float(len(self.task.eval_seeds))}
+        """`score` is the success rate under the configured decoding; both greedy and sampled rates are reported."""
+        rates = {
+            decoding: self.task.eval_success(engine, self.sampling.max_new_tokens, self.sampling.temperature,
+                                             self.sampling.top_p, decoding)
+            for decoding in ("greedy", "sample")
+        }
+        return {"score": rates[self.task.cfg.eval_decoding], "success_greedy": rates["greedy"],
+                "success_sampled": rates["sample"], "eval_size": float(len(self.task.eval_seeds))}
 
 
 def build_collector(task: Any, engine: RolloutEngine, cfg: Any, eval_examples: Sequence[TaskExample], pad_token_id: int) -> Collector:

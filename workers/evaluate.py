@@ -1,12 +1,11 @@
-"""Held-out evaluation through the rollout engine: greedy accuracy, and optionally pass@k."""
+"""Held-out evaluation of single-turn tasks through the rollout engine: greedy accuracy, optionally pass@k."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 from rollout.config import SamplingConfig
 from rollout.engine import RolloutEngine, SamplingSettings
-from rollout.multiturn import INVALID_SHOWN
 from rollout.tasks.base import Task, TaskExample
 
 
@@ -27,25 +26,3 @@ def pass_at_k(engine: RolloutEngine, task: Task, examples: Sequence[TaskExample]
     for index, completion in zip(batch.group_index_N.tolist(), batch.completions_text):
         solved[index] = solved[index] or task.is_correct(completion, examples[index])
     return sum(solved) / max(len(examples), 1)
-
-
-def greedy_env_success(engine: RolloutEngine, env_factory: Callable[[], Any], seeds: Sequence[int], settings: Any) -> float:
-    """Share of episodes (one per seed) solved when every action is the policy's greedy completion."""
-    envs = [env_factory() for _ in seeds]
-    observations = [env.reset(seed) for env, seed in zip(envs, seeds)]
-    histories: list[list[tuple[str, str]]] = [[] for _ in seeds]
-    active = list(range(len(seeds)))
-    for _ in range(settings.max_turns):
-        if not active:
-            break
-        prompts = [settings.prompt.render(envs[i].instruction, histories[i], observations[i]) for i in active]
-        actions = engine.greedy(prompts, settings.max_new_tokens)
-        still_active = []
-        for i, action in zip(active, actions):
-            observation, _, done, info = envs[i].step(action)
-            histories[i].append((observations[i], info["action"] or INVALID_SHOWN))
-            observations[i] = observation
-            if not done:
-                still_active.append(i)
-        active = still_active
-    return sum(env.success for env in envs) / max(len(envs), 1)

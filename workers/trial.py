@@ -25,7 +25,7 @@ from workers.base_model import ensure_embedded_model, examples_to_pairs, load_mo
 from workers.checkpoint import rng_state, set_rng_state, tensors_checksum
 from workers.collect import build_collector
 from workers.config import TrialConfig
-from workers.evaluate import greedy_accuracy, greedy_env_success
+from workers.evaluate import greedy_accuracy
 from workers.policy import PolicyScorer
 from workers.reference import ReferenceWeights
 from workers.spec import TrialSpec
@@ -51,13 +51,16 @@ def resolve_model_dir(cfg: TrialConfig) -> Path | str:
 
     def accuracy_factory(tokenizer):
         if multi_turn:
-            settings = task.settings(cfg.rollout.max_new_tokens, 1.0, 1.0, None)
             seeds = task.eval_seeds[:PRETRAIN_EVAL_PROMPTS]
-            return lambda model: greedy_env_success(HFEngine(model, tokenizer), task.env_factory(), seeds, settings)
+            return lambda model: task.eval_success(HFEngine(model, tokenizer), cfg.rollout.max_new_tokens, cfg.rollout.temperature,
+                                                   cfg.rollout.top_p, task.cfg.eval_decoding, seeds)
         examples = list(task.eval_examples())[:PRETRAIN_EVAL_PROMPTS]
         return lambda model: greedy_accuracy(HFEngine(model, tokenizer), task, examples, cfg.rollout.max_new_tokens, cfg.eval.batch_size)
 
-    return ensure_embedded_model(cfg.model, task_fingerprint(task), pairs, accuracy_factory)
+    fingerprint = task_fingerprint(task)
+    if multi_turn:  # the pre-training stop is judged by playing episodes with these sampling settings
+        fingerprint += f"|{cfg.rollout.max_new_tokens}|{cfg.rollout.temperature}|{cfg.rollout.top_p}"
+    return ensure_embedded_model(cfg.model, fingerprint, pairs, accuracy_factory)
 
 
 class LayerTrial:

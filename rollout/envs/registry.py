@@ -7,6 +7,7 @@ from typing import Any, Callable
 from rollout.envs.base import TextEnv
 from rollout.envs.frozenlake import FrozenLakeTextEnv
 from rollout.envs.keydoor import KeyDoorEnv
+from rollout.envs.sokoban import SokobanEnv
 from workers.algorithms.registry import Registry
 
 EnvBuilder = Callable[..., TextEnv]
@@ -25,3 +26,4 @@ def env_names() -> list[str]:
 
 register_env(FrozenLakeTextEnv.name)(FrozenLakeTextEnv)
 register_env(KeyDoorEnv.name)(KeyDoorEnv)
+register_env(SokobanEnv.name)(SokobanEnv)
