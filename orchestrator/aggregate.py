@@ -83,6 +83,9 @@ class SweepSummary:
     counts: dict[str, int] = field(default_factory=dict)  # done / running / failed / total trials
     eval_size: float = math.nan
     messages: tuple[str, ...] = ()
+    secondary: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Other held-out scores (e.g. success_greedy, pass@k): trial group (base / full / layer i) -> column -> mean
+    over seeds. They are shown beside the ranking, never used for it."""
 
     def frame(self) -> pd.DataFrame:
         """Per-layer table, ranked order, columns as in `RANKING_COLUMNS`."""
@@ -256,6 +259,19 @@ def _num_layers(results: pd.DataFrame, done: pd.DataFrame) -> int:
     return int(layers.max()) + 1
 
 
+def secondary_means(done: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Mean over seeds of each secondary score column, per trial group: base, full, layer i (in that order)."""
+    from orchestrator.results import SECONDARY_SCORES
+
+    columns = [c for c in done.columns if c in SECONDARY_SCORES or str(c).startswith("pass@")]
+    if not columns:
+        return {}
+    group = done["kind"].where(done["kind"] != "layers", "layer " + done["layer"].astype("Int64").astype(str))
+    order = sorted(group.dropna().unique(), key=lambda g: (g != "base", g != "full", int(g.split()[1]) if g.startswith("layer ") else 0))
+    means = done[columns].apply(pd.to_numeric, errors="coerce").groupby(group).mean()
+    return {g: {c: float(means.loc[g, c]) for c in columns if pd.notna(means.loc[g, c])} for g in order}
+
+
 def summarize(results: pd.DataFrame, z: float = 2.0, abs_threshold: float = 0.02) -> SweepSummary:
     """Aggregate one sweep's results table (schema in the module docstring) into a SweepSummary.
 
@@ -309,7 +325,7 @@ def summarize(results: pd.DataFrame, z: float = 2.0, abs_threshold: float = 0.02
         full_score=float(full_by_seed.mean()) if len(full_by_seed) else math.nan,
         noise=noise, layers=tuple(layers), ranked_by=ranked_by, ranking=ranking, best_layer=best,
         best_share=best_share, middle_contribution=middle, ends_contribution=ends,
-        counts=trial_counts(results), eval_size=eval_size, messages=tuple(messages),
+        counts=trial_counts(results), eval_size=eval_size, messages=tuple(messages), secondary=secondary_means(done),
     )
     log.debug("sweep %s: %d layers aggregated, ranked by %s; %s", summary.sweep, len(layers), ranked_by, "; ".join(messages))
     return summary

@@ -64,7 +64,19 @@ def ranking_markdown(summary: SweepSummary) -> str:
         rank = "-" if pd.isna(row.rank) else str(int(row.rank))
         out.append(f"| {rank} | {row.layer} | {row.relative_depth:.2f} | {row.n_seeds} | {_f(row.mean_score)} | "
                    f"{_f(row.delta, '+.3f')} | {_f(row.contribution)} | {_ci(row.ci_low, row.ci_high)} |")
-    return "\n".join(out) + "\n"
+    return "\n".join(out + secondary_markdown(summary)) + "\n"
+
+
+def secondary_markdown(summary: SweepSummary) -> list[str]:
+    """Other held-out scores per trial group (mean over seeds), below the ranking; none -> no lines."""
+    if not summary.secondary:
+        return []
+    columns = sorted({c for scores in summary.secondary.values() for c in scores})
+    out = ["", "Other held-out scores (mean over seeds; not used for the ranking):", "",
+           "| trial | " + " | ".join(columns) + " |", "|:---|" + "---:|" * len(columns)]
+    for group, scores in summary.secondary.items():
+        out.append(f"| {group} | " + " | ".join(_f(scores.get(c)) for c in columns) + " |")
+    return out
 
 
 def terminal_table(summary: SweepSummary) -> str:

@@ -14,6 +14,14 @@ def spec_from_config(config: dict[str, Any]) -> TrialSpec:
     return TrialSpec.from_dict(config["trial"]["spec"])
 
 
+SECONDARY_SCORES = ("success_greedy", "success_sampled")
+"""Held-out rates reported beside `score` (agentic tasks report both decodings); pass@k columns are kept too."""
+
+
+def secondary_scores(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if k in SECONDARY_SCORES or k.startswith("pass@")}
+
+
 def trial_row(sweep: str, spec: TrialSpec, num_layers: int, metrics: dict[str, Any], status: str, error: str | None = None) -> dict[str, Any]:
     """status: done | running | failed; `score` is kept only for done trials."""
     return {
@@ -30,6 +38,7 @@ def trial_row(sweep: str, spec: TrialSpec, num_layers: int, metrics: dict[str, A
         "trainable_parameters": metrics.get("trainable_parameters"),
         "trainable_checksum": metrics.get("trainable_checksum"),
         "error": error,
+        **(secondary_scores(metrics) if status == "done" else {}),
     }
 
 

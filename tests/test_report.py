@@ -97,3 +97,18 @@ def test_markdown_has_no_nan_strings():
     md = ranking_markdown(summarize(results(full=0.4)))
     assert " nan" not in md.lower() and "| n/a | [" not in md
     assert md.count("| n/a | n/a |") == 4  # contribution and CI omitted for all four layers
+
+
+def test_secondary_scores_are_averaged_per_trial_group_and_shown_but_not_ranked():
+    two_seeds = pd.concat([results().assign(seed=0), results().assign(seed=1)], ignore_index=True)
+    two_seeds["success_greedy"] = [0.5, 0.7, 0.5, 0.4, 0.6, 0.3] + [0.5, 0.8, 0.6, 0.4, 0.6, 0.4]
+    two_seeds.loc[(two_seeds["layer"] == 3) & (two_seeds["seed"] == 0), "status"] = "failed"  # never counts
+    summary = summarize(two_seeds)
+    assert list(summary.secondary) == ["base", "full", "layer 0", "layer 1", "layer 2", "layer 3"]
+    assert summary.secondary["full"]["success_greedy"] == pytest.approx(0.75)
+    assert summary.secondary["layer 0"]["success_greedy"] == pytest.approx(0.55)
+    assert summary.secondary["layer 3"]["success_greedy"] == pytest.approx(0.4)
+    assert summary.ranking == summarize(two_seeds.drop(columns="success_greedy")).ranking
+    md = ranking_markdown(summary)
+    assert "| trial | success_greedy |" in md and "| full | 0.750 |" in md and "| layer 0 | 0.550 |" in md
+    assert "Other held-out scores" not in ranking_markdown(summarize(results()))
