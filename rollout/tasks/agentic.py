@@ -7,7 +7,7 @@ temperature (`eval_decoding`), in both cases by the same loop that collects trai
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 from rollout.config import AgenticConfig
 from rollout.engine import RolloutEngine
@@ -55,7 +55,7 @@ class AgenticTask:
         )
 
     def eval_success(self, engine: RolloutEngine, max_new_tokens: int, temperature: float, top_p: float,
-                     decoding: str, seeds: Sequence[int] | None = None) -> float:
+                     decoding: Literal["greedy", "sample"], seeds: Sequence[int] | None = None) -> float:
         """Held-out success rate with `decoding` ("greedy" | "sample"), on `seeds` (default: all eval seeds)."""
         greedy = decoding == "greedy"
         settings = self.settings(max_new_tokens, temperature, top_p, EVAL_SAMPLING_SEED, greedy)
