@@ -16,7 +16,7 @@ AGENTIC = {
 }
 
 
-@pytest.mark.parametrize("algorithm", ["gigpo", "grpo"])
+@pytest.mark.parametrize("algorithm", ["gigpo", "grpo", "dr_grpo"])
 def test_env_trial_trains_only_the_selected_layer(tiny_config_path, algorithm):
     from workers.trial import LayerTrial
 
