@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from orchestrator.results import is_secondary_score
+
 log = logging.getLogger(__name__)
 
 RankBasis = Literal["contribution", "delta", "score", "none"]
@@ -261,9 +263,7 @@ def _num_layers(results: pd.DataFrame, done: pd.DataFrame) -> int:
 
 def secondary_means(done: pd.DataFrame) -> dict[str, dict[str, float]]:
     """Mean over seeds of each secondary score column, per trial group: base, full, layer i (in that order)."""
-    from orchestrator.results import SECONDARY_SCORES
-
-    columns = [c for c in done.columns if c in SECONDARY_SCORES or str(c).startswith("pass@")]
+    columns = [c for c in done.columns if is_secondary_score(str(c))]
     if not columns:
         return {}
     group = done["kind"].where(done["kind"] != "layers", "layer " + done["layer"].astype("Int64").astype(str))

@@ -18,8 +18,12 @@ SECONDARY_SCORES = ("success_greedy", "success_sampled")
 """Held-out rates reported beside `score` (agentic tasks report both decodings); pass@k columns are kept too."""
 
 
+def is_secondary_score(name: str) -> bool:
+    return name in SECONDARY_SCORES or name.startswith("pass@")
+
+
 def secondary_scores(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if k in SECONDARY_SCORES or k.startswith("pass@")}
+    return {k: float(v) for k, v in metrics.items() if is_secondary_score(k)}
 
 
 def trial_row(sweep: str, spec: TrialSpec, num_layers: int, metrics: dict[str, Any], status: str, error: str | None = None) -> dict[str, Any]:
