@@ -46,12 +46,35 @@ class ArithmeticConfig(Section):
     digits already seen plus a carry, which a tiny model learns in a few hundred steps instead of thousands."""
     seed: int = 1234
     """Data seed; independent from the trial seed so every trial of a sweep sees the same data."""
+    second_min_digits: int | None = Field(None, ge=1, le=9)
+    second_max_digits: int | None = Field(None, ge=1, le=9)
+    """Digit range of the second operand; None = the first operand's (min_digits / max_digits)."""
+    style: Literal["compact", "chat"] = "compact"
+    """`compact`: `045+123=` answered by exactly the sum's digits (the embedded model's format, exact match).
+    `chat`: the question `What is 45 + 123?` as the user message of the tokenizer's chat template, and a
+    free-form reply judged by the last number it states (operands unpadded, the sum written normally)."""
+    question: str = "What is {a} + {b}?"
+    """Chat style: the user message; `{a}` and `{b}` are the operands."""
+    system_prompt: str | None = None
+    """Chat style: the system message; None = whatever the chat template adds by default."""
 
     @model_validator(mode="after")
     def _digits_ordered(self) -> "ArithmeticConfig":
         if self.min_digits > self.max_digits:
             raise ValueError(f"min_digits={self.min_digits} is larger than max_digits={self.max_digits}")
+        if self.second_digits[0] > self.second_digits[1]:
+            raise ValueError(f"the second operand's min digits {self.second_digits[0]} exceed its max digits {self.second_digits[1]}")
+        if self.style == "chat" and self.reverse_answer:
+            raise ValueError("style='chat' asks for the sum written normally; set reverse_answer: false")
+        if "{a}" not in self.question or "{b}" not in self.question:
+            raise ValueError(f"question={self.question!r} must contain both {{a}} and {{b}}")
         return self
+
+
+    @property
+    def second_digits(self) -> tuple[int, int]:
+        """(min, max) digits of the second operand."""
+        return self.second_min_digits or self.min_digits, self.second_max_digits or self.max_digits
 
 
 class DatasetConfig(Section):

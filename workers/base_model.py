@@ -9,23 +9,22 @@ sweep (and every later sweep) loads the very same base weights.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import math
 import shutil
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, Qwen2Config
 from transformers import Qwen2ForCausalLM
 
 from rollout.tasks.base import TaskExample
-from workers.config import EmbeddedModelConfig, ModelConfig, default_cache_dir
+from workers.cache import exclusive
+from workers.config import EmbeddedModelConfig, ModelConfig, cache_root
 from workers.tokenizer import build_tokenizer, save_tokenizer
 
 log = logging.getLogger(__name__)
@@ -123,17 +122,6 @@ def embedded_cache_key(cfg: EmbeddedModelConfig, task_fingerprint: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-@contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def ensure_embedded_model(
     cfg: ModelConfig,
     task_fingerprint: str,
@@ -141,9 +129,8 @@ def ensure_embedded_model(
     accuracy_fn_factory: Callable[[PreTrainedTokenizerBase], Callable[[PreTrainedModel], float]],
 ) -> Path:
     """Return the cached model directory, building and pre-training it first if needed (process-safe)."""
-    cache_root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    target = cache_root / f"embedded-{embedded_cache_key(cfg.embedded, task_fingerprint)}"
-    with _exclusive(cache_root / (target.name + ".lock")):
+    target = cache_root(cfg) / f"embedded-{embedded_cache_key(cfg.embedded, task_fingerprint)}"
+    with exclusive(cache_root(cfg) / (target.name + ".lock")):
         if (target / "pretrain.json").exists():
             return target
         log.info("building the embedded model in %s (pre-training, cached afterwards)", target)

@@ -45,10 +45,13 @@ class EmbeddedModelConfig(Section):
 
 class ModelConfig(Section):
     source: str = "embedded"
-    """`embedded` for the project's tiny model, else a local HF model directory or a hub id."""
+    """`embedded` for the project's tiny model; a GGUF file (`/path/model.gguf`, or `package:<module>/<file>.gguf`
+    inside an installed package), converted once to a cached HF directory; else a local HF model directory or
+    a hub id."""
     embedded: EmbeddedModelConfig = EmbeddedModelConfig()
     cache_dir: str | None = None
-    """Where the embedded model is cached; default $LAYERSWEEP_CACHE or ~/.cache/layersweep."""
+    """Where the embedded model and converted GGUF models are cached; default $LAYERSWEEP_CACHE or
+    ~/.cache/layersweep."""
     dtype: Literal["float32", "bfloat16"] = "float32"
 
 
@@ -131,3 +134,8 @@ def default_cache_dir() -> Path:
     import os
 
     return Path(os.environ.get("LAYERSWEEP_CACHE", Path.home() / ".cache" / "layersweep"))
+
+
+def cache_root(cfg: ModelConfig) -> Path:
+    """The model cache this config uses: `model.cache_dir`, else the default."""
+    return Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()

@@ -24,8 +24,9 @@ from rollout.tasks.registry import build_task, task_fingerprint
 from workers.base_model import ensure_embedded_model, examples_to_pairs, load_model_and_tokenizer
 from workers.checkpoint import rng_state, set_rng_state, tensors_checksum
 from workers.collect import build_collector
-from workers.config import TrialConfig
+from workers.config import TrialConfig, cache_root
 from workers.evaluate import greedy_accuracy
+from workers.gguf_model import ensure_gguf_model, is_gguf_source
 from workers.policy import PolicyScorer
 from workers.reference import ReferenceWeights
 from workers.spec import TrialSpec
@@ -38,7 +39,10 @@ PRETRAIN_EVAL_PROMPTS = 200
 
 
 def resolve_model_dir(cfg: TrialConfig) -> Path | str:
-    """The embedded model's cache dir (built on first use) or the configured HF dir / hub id."""
+    """The embedded model's cache dir (built on first use), a GGUF file's converted HF dir (converted on first
+    use), or the configured HF dir / hub id."""
+    if is_gguf_source(cfg.model.source):
+        return ensure_gguf_model(cfg.model.source, cache_root(cfg.model))
     if cfg.model.source != "embedded":
         return cfg.model.source
     from workers.tokenizer import build_tokenizer

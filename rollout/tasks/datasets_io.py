@@ -100,10 +100,12 @@ def fill_template(template: str, prompt: str, row: Mapping[str, Any]) -> str:
     return _PLACEHOLDER.sub(replace, template)
 
 
-def render_prompt(text: str, tokenizer: Any | None, use_chat_template: bool) -> str:
-    """The user message in the tokenizer's chat template (generation prompt appended), else as is."""
+def render_prompt(text: str, tokenizer: Any | None, use_chat_template: bool, system_prompt: str | None = None) -> str:
+    """The user message in the tokenizer's chat template (generation prompt appended), else as is.
+    `system_prompt` None leaves the system turn to the template's own default."""
     if use_chat_template and tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": text}]
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
+        messages.append({"role": "user", "content": text})
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return text
 

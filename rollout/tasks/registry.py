@@ -20,7 +20,7 @@ register_task = _BUILDERS.register
 
 @register_task("arithmetic")
 def _arithmetic(cfg: TaskConfig, tokenizer: PreTrainedTokenizerBase) -> Task:
-    return ArithmeticTask(cfg.arithmetic, format_reward=cfg.format_reward)
+    return ArithmeticTask(cfg.arithmetic, format_reward=cfg.format_reward, tokenizer=tokenizer)
 
 
 @register_task("math")
