@@ -72,16 +72,18 @@ def test_frozen_prefix_logp_equal_the_plain_forward_on_llama(smollm2, layer):
 
 
 def test_a_layer_15_trial_changes_only_layer_15(smollm2_dir, tmp_path):
-    """Two RL steps through the real trial code: every tensor of model.layers.15 moved, nothing else did."""
+    """Two RL steps through the real trial code (with the KL reference on): every tensor of model.layers.15
+    moved, nothing else did; the checkpoint restores those weights bit for bit into a fresh trial."""
     from safetensors.torch import load_file
 
     from orchestrator.config import load_sweep_config
+    from workers.checkpoint import load_checkpoint, save_checkpoint
     from workers.spec import TrialSpec
     from workers.trial import LayerTrial
 
     overrides = {
         "rollout.engine": "hf", "rollout.max_new_tokens": 8, "rollout.group_size": 4, "budget.prompts_per_step": 2,
-        "task.format_reward": 0.5, "optim.warmup_steps": 0, "num_threads": 2,
+        "task.format_reward": 0.5, "optim.warmup_steps": 0, "num_threads": 2, "algorithm.kl_beta": 0.05,
     }
     cfg = load_sweep_config(REPO / "configs" / "smollm2-135m-arith.yaml", overrides).trial_config()
     assert cfg.model.source == SMOLLM2_SOURCE
@@ -95,7 +97,15 @@ def test_a_layer_15_trial_changes_only_layer_15(smollm2_dir, tmp_path):
     changed = {name for name, tensor in after.items() if not torch.equal(tensor, original[name])}
     layer_15 = {name for name in after if name.startswith("model.layers.15.")}
     assert len(layer_15) == 9 and changed == layer_15
+    assert set(trial.reference.original) == layer_15  # the KL reference holds layer 15's original weights only
+    save_checkpoint(tmp_path / "checkpoint", trial.state_dict())
+    checksum = trial.trainable_checksum()
     trial.close()
+    resumed = LayerTrial(cfg, TrialSpec("layers", (15,)))
+    resumed.setup()
+    resumed.load_state_dict(load_checkpoint(tmp_path / "checkpoint"))
+    assert resumed.step == 2 and resumed.trainable_checksum() == checksum
+    resumed.close()
 
 
 def _write_gguf(path: Path, arch: str) -> None:
