@@ -8,7 +8,7 @@ only raw deltas S_i - S_base are reported.
 
 Input: one sweep's results table, one row per trial, columns
 `sweep, trial, kind (base|full|layers), layer (Int64, null unless kind=layers), num_layers, seed,
-score (float, null when failed), status (done|failed|running)`; optional `eval_size` and any others are
+score (float, null when failed), status (done|failed|running|no_learning)`; optional `eval_size` and any others are
 ignored. Pure functions: no I/O, no Ray, no MLflow.
 """
 
@@ -129,7 +129,8 @@ def trial_counts(results: pd.DataFrame) -> dict[str, int]:
     else:
         status = results["score"].notna().map({True: "done", False: "failed"})
     return {"done": int((status == "done").sum()), "running": int((status == "running").sum()),
-            "failed": int((status == "failed").sum()), "total": len(results)}
+            "failed": int((status == "failed").sum()), "no_learning": int((status == "no_learning").sum()),
+            "total": len(results)}
 
 
 def binomial_var(p: float, n: float) -> float:
@@ -296,6 +297,9 @@ def summarize(results: pd.DataFrame, z: float = 2.0, abs_threshold: float = 0.02
     noise = check_noise(base_by_seed, full_by_seed, eval_size, z, abs_threshold)
 
     messages = [noise.message] if noise.method != "missing" else []
+    if "status" in results.columns and (results["status"] == "no_learning").any():
+        idle = ", ".join(results.loc[results["status"] == "no_learning", "trial"].astype(str))
+        messages.append(f"not ranked, no learning signal (all-zero advantages or unchanged weights): {idle}")
     if base_by_seed.empty:
         messages.append("no finished base trial: S_base unknown, only mean layer scores are shown")
     if full_by_seed.empty:

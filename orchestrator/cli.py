@@ -40,6 +40,10 @@ def cmd_trial(args: argparse.Namespace) -> int:
     result = run_trial(cfg.trial_config(spec.seed), spec, trial_dir, on_metrics=show)
     print(json.dumps({k: v for k, v in result.items() if k != "spec"}, indent=2))
     print(f"metrics: {trial_dir / 'metrics.jsonl'}  score: {trial_dir / 'score.json'}")
+    if result.get("learned") is False:
+        print(f"layersweep: error: trial {spec.name} did not learn (no step had a non-zero advantage, or no trainable "
+              f"weight changed); its metrics and score are kept in {trial_dir}", file=sys.stderr)
+        return 3
     return 0
 
 

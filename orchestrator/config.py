@@ -27,6 +27,17 @@ class ResourcesConfig(Section):
     """Fractions pack several small-model trials onto one GPU (e.g. 0.25 = four per GPU)."""
     max_concurrent_trials: int | None = Field(None, ge=1)
     """None = as many as the cluster's resources allow."""
+    require_fit: bool = True
+    """Fail before any trial starts when no alive node can hold one trial; turn off on autoscaling clusters
+    whose nodes appear on demand."""
+
+    @model_validator(mode="after")
+    def _whole_above_one(self) -> "ResourcesConfig":
+        for field in ("cpus_per_trial", "gpus_per_trial"):
+            value = getattr(self, field)
+            if value > 1 and value != int(value):
+                raise ValueError(f"{field}={value:g}: Ray accepts fractions only below 1; counts above 1 must be whole numbers")
+        return self
 
 
 class TrackingConfig(Section):
@@ -95,9 +106,11 @@ def load_sweep_config(path: str | Path, overrides: dict[str, Any] | None = None)
     if not path.exists():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
+    if data is None:  # an empty file (or comments only) is far more often a mistake than a wish for defaults
+        raise ConfigError(f"{path}: the config file is empty; write {{}} in it to run every default")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     for dotted, value in (overrides or {}).items():

@@ -21,6 +21,7 @@ from ray import tune
 from orchestrator.callbacks import MlflowForwarder, ProgressPrinter
 from orchestrator.config import SweepConfig, parse_sweep_config
 from orchestrator.plan import plan_trials
+from orchestrator.resources import check_cluster_fits
 from orchestrator.results import results_frame, spec_from_config, trial_row
 from orchestrator.tracking import SweepTracker, resolve_tracking_uri
 from orchestrator.tune_trainable import LayerTrainable
@@ -51,10 +52,15 @@ def start_ray(address: str | None, num_cpus: int | None = None, include_dashboar
     return f"http://{url}" if url and not url.startswith("http") else url
 
 
-def _connect(cfg: SweepConfig, sweep_dir: Path, address: str | None, include_dashboard: bool,
-             emit: Callable[[str], None]) -> tuple[str, SweepTracker]:
-    """Join or start Ray and open (or reopen, on resume) the sweep's MLflow parent run."""
+def _start_checked_ray(cfg: SweepConfig, address: str | None, include_dashboard: bool) -> str | None:
+    """Join or start Ray, then check that one trial fits on some node before anything else is spent."""
     dashboard = start_ray(address, include_dashboard=include_dashboard)
+    check_cluster_fits(cfg.resources)
+    return dashboard
+
+
+def _connect(cfg: SweepConfig, sweep_dir: Path, dashboard: str | None, emit: Callable[[str], None]) -> tuple[str, SweepTracker]:
+    """Open (or reopen, on resume) the sweep's MLflow parent run."""
     if dashboard:
         emit(f"Ray dashboard: {dashboard}")
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri, sweep_dir)
@@ -80,23 +86,26 @@ def _trainable(cfg: SweepConfig) -> Any:
 
 
 def prepare(cfg: SweepConfig) -> tuple[Path, list[TrialSpec], int]:
-    """Write the resolved config, build the embedded model once (trials then load it), plan the trials."""
-    from workers.trial import resolve_model_dir
+    """Write the resolved config, build the embedded model once (trials then load it), check that the task's
+    data loads and is complete (a bad row fails here, not minutes into every trial), plan the trials."""
+    from workers.trial import check_task_loads, resolve_model_dir
 
-    sweep_dir = cfg.sweep_dir.resolve()
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     model_dir = resolve_model_dir(cfg.trial_config())
+    check_task_loads(cfg.trial_config(), model_dir)
     num_layers = model_num_layers(model_dir)
     specs = plan_trials(cfg, num_layers)
+    sweep_dir = cfg.sweep_dir.resolve()  # written only once the inputs are known good: a bad config run
+    sweep_dir.mkdir(parents=True, exist_ok=True)  # over an earlier sweep's directory leaves it as it was
+    (sweep_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     (sweep_dir / "plan.json").write_text(json.dumps({"num_layers": num_layers, "trials": [s.to_dict() for s in specs]}, indent=2))
     return sweep_dir, specs, num_layers
 
 
 def run_sweep(cfg: SweepConfig, address: str | None = None, emit: Callable[[str], None] = print, include_dashboard: bool = True) -> pd.DataFrame:
     started = time.time()
+    dashboard = _start_checked_ray(cfg, address, include_dashboard)
     sweep_dir, specs, num_layers = prepare(cfg)
-    uri, tracker = _connect(cfg, sweep_dir, address, include_dashboard, emit)
+    uri, tracker = _connect(cfg, sweep_dir, dashboard, emit)
     emit(f"sweep {cfg.name}: {len(specs)} trials on a {num_layers}-layer model; MLflow {uri}")
     per_seed = {seed: cfg.trial_config(seed).model_dump(mode="json") for seed in {s.seed for s in specs}}
     param_space = {
@@ -139,7 +148,8 @@ def resume_sweep(sweep_dir: Path, address: str | None = None, emit: Callable[[st
     if not tune.Tuner.can_restore(str(tune_dir)):
         raise FileNotFoundError(f"{tune_dir} holds no restorable Tune experiment")
     num_layers = json.loads((sweep_dir / "plan.json").read_text())["num_layers"]
-    uri, tracker = _connect(cfg, sweep_dir, address, include_dashboard, emit)
+    dashboard = _start_checked_ray(cfg, address, include_dashboard)
+    uri, tracker = _connect(cfg, sweep_dir, dashboard, emit)
     emit(f"resuming sweep {cfg.name} from {tune_dir}")
     tuner = tune.Tuner.restore(str(tune_dir), trainable=_trainable(cfg), resume_unfinished=True, resume_errored=True)
     results = tuner.fit()
@@ -153,7 +163,8 @@ def results_table(cfg: SweepConfig, results: Any, num_layers: int) -> pd.DataFra
         metrics = result.metrics or {}
         done = result.error is None and "score" in metrics
         error = str(result.error).strip().splitlines()[-1][:300] if result.error else None
-        rows.append(trial_row(cfg.name, spec, num_layers, metrics, "done" if done else "failed", error))
+        status = ("no_learning" if metrics.get("learned") is False else "done") if done else "failed"
+        rows.append(trial_row(cfg.name, spec, num_layers, metrics, status, error))
     return results_frame(rows)
 
 

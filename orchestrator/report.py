@@ -40,7 +40,8 @@ def headline(summary: SweepSummary) -> list[str]:
     """The few sentences a reader needs before the table: scores, noise verdict, best layer, depth split."""
     c = summary.counts
     lines = [
-        f"model depth L = {summary.num_layers}; trials: {c.get('done', 0)} done, {c.get('running', 0)} running, {c.get('failed', 0)} failed",
+        f"model depth L = {summary.num_layers}; trials: {c.get('done', 0)} done, {c.get('running', 0)} running, {c.get('failed', 0)} failed"
+        + (f", {c['no_learning']} without learning" if c.get("no_learning") else ""),
         f"S_base = {_f(summary.base_score)}, S_full = {_f(summary.full_score)}, gain = {_f(summary.noise.gain, '+.3f')}",
         *summary.messages,
     ]

@@ -27,7 +27,10 @@ def secondary_scores(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def trial_row(sweep: str, spec: TrialSpec, num_layers: int, metrics: dict[str, Any], status: str, error: str | None = None) -> dict[str, Any]:
-    """status: done | running | failed; `score` is kept only for done trials."""
+    """status: done | running | failed | no_learning (a training trial whose weights did not move with a learning
+    signal: it finished, its score is kept for the record, but it is never ranked); `score` is kept only for
+    finished trials."""
+    finished = status in ("done", "no_learning")
     return {
         "sweep": sweep,
         "trial": spec.name,
@@ -35,14 +38,15 @@ def trial_row(sweep: str, spec: TrialSpec, num_layers: int, metrics: dict[str, A
         "layer": spec.layers[0] if spec.kind == "layers" else None,
         "num_layers": num_layers,
         "seed": spec.seed,
-        "score": float(metrics["score"]) if status == "done" else None,
+        "score": float(metrics["score"]) if finished else None,
         "status": status,
         "steps": int(metrics.get("steps", metrics.get("step", 0)) or 0),
         "eval_size": metrics.get("eval_size"),
         "trainable_parameters": metrics.get("trainable_parameters"),
         "trainable_checksum": metrics.get("trainable_checksum"),
+        "learned": metrics.get("learned"),
         "error": error,
-        **(secondary_scores(metrics) if status == "done" else {}),
+        **(secondary_scores(metrics) if finished else {}),
     }
 
 

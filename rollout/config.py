@@ -148,6 +148,12 @@ class TaskConfig(Section):
     """Required for `math` and `code`."""
     reward: str | None = None
     """Optional plugin `package.module:function` with signature (prompts, completions, **meta) -> list[float]."""
+    reward_failure_share: float = Field(0.5, ge=0, le=1)
+    """A `task.reward` call that raises scores its batch 0 and counts in the per-step `reward_errors` metric; once
+    more than this share of a trial's calls raised (judged from step `reward_failure_grace_steps` on), the trial
+    fails with the plugin's own first error message."""
+    reward_failure_grace_steps: int = Field(3, ge=1)
+    """Steps before `reward_failure_share` is judged."""
     format_reward: float = Field(0.0, ge=0)
     """Weight of a bonus for a well-formed completion, added to the 0/1 correctness reward."""
     code: CodeConfig = CodeConfig()

@@ -148,8 +148,16 @@ def test_failed_and_running_trials_are_excluded_and_missing_layers_absent():
     s = summarize(table({0: 0.4}, {0: 0.6}, {0: {0: 0.5}}, extra=extra))
     assert [c.layer for c in s.layers] == [0]
     assert s.full_score == pytest.approx(0.6)
-    assert s.counts == {"done": 3, "running": 1, "failed": 2, "total": 6}
+    assert s.counts == {"done": 3, "running": 1, "failed": 2, "no_learning": 0, "total": 6}
     assert any("[2, 3]" in m for m in s.messages)
+
+
+def test_trials_that_did_not_learn_are_reported_but_never_ranked():
+    extra = [dict(trial="layer01-s0", kind="layers", layer=1, seed=0, score=0.9, status="no_learning")]
+    s = summarize(table({0: 0.4}, {0: 0.6}, {0: {0: 0.5}}, extra=extra))
+    assert s.ranking == (0,) and [c.layer for c in s.layers] == [0]  # 0.9 would have ranked first
+    assert s.counts["no_learning"] == 1
+    assert "not ranked, no learning signal (all-zero advantages or unchanged weights): layer01-s0" in s.messages
 
 
 def test_empty_and_layerless_tables():

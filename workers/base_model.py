@@ -152,14 +152,39 @@ def ensure_embedded_model(
         return target
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def check_pretrained_source(source: str) -> Path | str:
+    """A local HF model directory, or a hub id whose config can be fetched; else a one-line error saying what
+    was looked for and where (instead of a traceback from deep inside transformers / huggingface_hub)."""
+    from transformers import AutoConfig
+
+    path = Path(source).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"model.source={source!r}: {path} exists but is not an HF model directory (no config.json in it)")
+        return path
+    if source.startswith(("/", ".", "~")) or source.count("/") > 1:
+        raise ValueError(f"model.source={source!r}: no such directory (looked for {path.resolve()})")
+    try:
+        AutoConfig.from_pretrained(source)
+    except Exception as error:  # OSError offline, hub HTTP errors online: all mean "cannot be had from here"
+        raise ValueError(
+            f"model.source={source!r}: no local directory {path.resolve()}, and the hub id cannot be loaded: {_first_line(error)}"
+        ) from None
+    return source
+
+
 def load_model_and_tokenizer(path_or_id: str | Path, dtype: str = "float32") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     torch_dtype = getattr(torch, dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path_or_id))
         model = AutoModelForCausalLM.from_pretrained(str(path_or_id), dtype=torch_dtype)
     except (OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"model.source={str(path_or_id)!r} could not be loaded: {first_line}") from None
+        raise ValueError(f"model.source={str(path_or_id)!r} could not be loaded: {_first_line(error)}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"

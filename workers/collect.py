@@ -15,6 +15,7 @@ from rollout.config import SamplingConfig
 from rollout.engine import RolloutEngine, SamplingSettings
 from rollout.multiturn import GroupRollout, flatten_groups, rollout_groups, rollout_metrics
 from rollout.tasks.base import Task, TaskExample, reward_meta
+from rollout.tasks.plugin import reward_plugin_of
 from workers.algorithms import ADVANTAGE_ESTIMATORS
 from workers.algorithms.gigpo import gigpo_advantages
 from workers.config import AlgorithmConfig
@@ -67,11 +68,15 @@ class SingleTurnCollector:
         settings = SamplingSettings(self.sampling.group_size, self.sampling.max_new_tokens, self.sampling.temperature,
                                     self.sampling.top_p, seed=step_seed(seed, step))
         batch = self.engine.generate([e.prompt for e in examples], settings)
+        failed_before = self._reward_failures()
         grouped = [examples[int(i)] for i in batch.group_index_N]
         try:
             rewards = self.task.reward([e.prompt for e in grouped], batch.completions_text, **reward_meta(grouped))
         except Exception as error:  # a user reward plugin must not lose the trial's progress silently
             raise RuntimeError(f"step {step + 1}: task reward raised {type(error).__name__}: {error}") from error
+        plugin = reward_plugin_of(self.task)
+        if plugin is not None:
+            plugin.check_failures(step + 1)
         rewards_N = torch.tensor(rewards, dtype=torch.float32)
         if rewards_N.shape != (batch.num_rows,) or not torch.isfinite(rewards_N).all():
             raise NonFiniteLossError(f"step {step + 1}: reward function returned a non-finite value or the wrong count")
@@ -82,9 +87,16 @@ class SingleTurnCollector:
             "reward_std": float(rewards_N.std()),
             "accuracy": sum(correct) / len(correct),
             "completion_tokens_mean": float(batch.completion_mask_NT.sum()) / batch.num_rows,
+            "nonzero_advantage_rows": float((adv_N != 0).sum()),
             **batch.stats,
         }
+        if plugin is not None:
+            metrics["reward_errors"] = float(self._reward_failures() - failed_before)
         return Collected(UpdateBatch(ScoringInputs.from_batch(batch), adv_N, batch.sample_logp_NT), metrics)
+
+    def _reward_failures(self) -> int:
+        plugin = reward_plugin_of(self.task)
+        return plugin.failures.failed if plugin is not None else 0
 
     def evaluate(self, engine: RolloutEngine) -> dict[str, float]:
         result = {"score": greedy_accuracy(engine, self.task, self.eval_examples, self.sampling.max_new_tokens, self.eval_batch_size),
@@ -137,6 +149,7 @@ class MultiTurnCollector:
             "accuracy": stats["success_rate"],
             "completion_tokens_mean": float(rows.batch.completion_mask_NT.sum()) / max(rows.batch.num_rows, 1),
             "rows": float(rows.batch.num_rows),
+            "nonzero_advantage_rows": float((adv_N != 0).sum()),
             **{k: v for k, v in stats.items() if k not in ("return_mean", "success_rate")},
         }
         return Collected(UpdateBatch(ScoringInputs.from_batch(rows.batch), adv_N, rows.batch.sample_logp_NT), metrics)

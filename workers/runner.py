@@ -43,6 +43,7 @@ def final_record(trial: LayerTrial, evaluation: dict[str, float]) -> dict[str, A
         "steps": trial.step,
         "trainable_parameters": sum(p.numel() for p in trial.trainable.values()),
         "trainable_checksum": trial.trainable_checksum(),
+        "learned": trial.learned(),
         **evaluation,
     }
 

@@ -21,7 +21,7 @@ from rollout.factory import build_engine
 from rollout.hf_engine import HFEngine
 from rollout.tasks.base import Task
 from rollout.tasks.registry import build_task, task_fingerprint
-from workers.base_model import ensure_embedded_model, examples_to_pairs, load_model_and_tokenizer
+from workers.base_model import check_pretrained_source, ensure_embedded_model, examples_to_pairs, load_model_and_tokenizer
 from workers.checkpoint import rng_state, set_rng_state, tensors_checksum
 from workers.collect import build_collector
 from workers.config import TrialConfig, cache_root
@@ -44,7 +44,7 @@ def resolve_model_dir(cfg: TrialConfig) -> Path | str:
     if is_gguf_source(cfg.model.source):
         return ensure_gguf_model(cfg.model.source, cache_root(cfg.model))
     if cfg.model.source != "embedded":
-        return cfg.model.source
+        return check_pretrained_source(cfg.model.source)
     from workers.tokenizer import build_tokenizer
 
     task = build_task(cfg.task, build_tokenizer())
@@ -65,6 +65,14 @@ def resolve_model_dir(cfg: TrialConfig) -> Path | str:
     if multi_turn:  # the pre-training stop is judged by playing episodes with these sampling settings
         fingerprint += f"|{cfg.rollout.max_new_tokens}|{cfg.rollout.temperature}|{cfg.rollout.top_p}"
     return ensure_embedded_model(cfg.model, fingerprint, pairs, accuracy_factory)
+
+
+def check_task_loads(cfg: TrialConfig, model_dir: Path | str) -> None:
+    """Build the task once with the model's own tokenizer, so bad data (a missing field, an empty split, an
+    unreadable file) is a one-line error before any trial starts rather than in every trial."""
+    from transformers import AutoTokenizer
+
+    build_task(cfg.task, AutoTokenizer.from_pretrained(str(model_dir)))
 
 
 class LayerTrial:
@@ -98,6 +106,9 @@ class LayerTrial:
         if cfg.eval.num_prompts:
             eval_examples = eval_examples[: cfg.eval.num_prompts]
         self.collector = build_collector(self.task, self.engine, cfg, eval_examples, self.tokenizer.pad_token_id)
+        self.initial_checksum = self.trainable_checksum()
+        self.signal_steps = 0
+        """Steps whose batch had a non-zero advantage: the update had something to learn from."""
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -135,6 +146,7 @@ class LayerTrial:
         sync = self.engine.update_weights(self.trainable.items())
         update_seconds = time.perf_counter() - update_started
         self.step += 1
+        self.signal_steps += int(collected.metrics.get("nonzero_advantage_rows", 1.0) > 0)
         seconds = time.perf_counter() - started
         tokens = float(collected.batch.inputs.completion_mask_NT.sum())
         return {
@@ -160,6 +172,13 @@ class LayerTrial:
     def trainable_checksum(self) -> str:
         return tensors_checksum(self.trainable)
 
+    def learned(self) -> bool | None:
+        """Whether training moved the weights with a learning signal: some step had a non-zero advantage and
+        the trainable tensors differ from the base's. None for the base evaluation, which trains nothing."""
+        if self.spec.kind == "base":
+            return None
+        return self.signal_steps > 0 and self.trainable_checksum() != self.initial_checksum
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "spec": self.spec.to_dict(),
@@ -168,6 +187,7 @@ class LayerTrial:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(),
+            "signal_steps": self.signal_steps,
         }
 
     @torch.no_grad()
@@ -180,6 +200,7 @@ class LayerTrial:
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         self.step = int(state["step"])
+        self.signal_steps = int(state.get("signal_steps", self.step))
         self.engine.update_weights(self.trainable.items())
 
     def close(self) -> None:

@@ -118,10 +118,30 @@ def _check_columns(columns: list[str], cfg: DatasetConfig) -> None:
             raise ValueError(f"task.dataset.{key}={name!r} not in columns {columns}")
 
 
-def rows_to_examples(rows: Any, cfg: DatasetConfig, tokenizer: Any | None = None) -> list[TaskExample]:
+def _check_rows(rows: Any, cfg: DatasetConfig, where: str) -> None:
+    """Every row has a prompt and an answer (a jsonl row missing a key loads as None): a bad row found here
+    costs a line, found by the reward minutes into every trial it costs the sweep."""
+    if len(rows) == 0:
+        raise ValueError(f"task.dataset {where}: the split has no rows")
+    required = (("prompt_field", cfg.prompt_field), ("answer_field", cfg.answer_field))
+    bad: list[tuple[int, str, str]] = []
+    for index, row in enumerate(rows):
+        for key, name in required:
+            value = row.get(name)
+            if value is None or (isinstance(value, str) and not value.strip()):
+                bad.append((index, key, name))
+                break
+    if bad:
+        index, key, name = bad[0]
+        more = f" ({len(bad)} of {len(rows)} rows lack a prompt or an answer)" if len(bad) > 1 else ""
+        raise ValueError(f"task.dataset {where}: row {index} has no {name!r} (task.dataset.{key}){more}")
+
+
+def rows_to_examples(rows: Any, cfg: DatasetConfig, tokenizer: Any | None = None, where: str = "rows") -> list[TaskExample]:
     """Map columns to TaskExamples; `rows` is a `datasets.Dataset` or a list of dicts."""
     columns = list(rows.column_names) if hasattr(rows, "column_names") else sorted({k for r in rows for k in r})
     _check_columns(columns, cfg)
+    _check_rows(rows, cfg, where)
     examples = []
     for row in rows:
         prompt = _as_text(row[cfg.prompt_field])
@@ -147,4 +167,4 @@ def load_examples(
     rows = load_split(path, subset, split, key)
     if limit is not None:
         rows = rows.select(range(min(limit, len(rows))))
-    return rows_to_examples(rows, cfg, tokenizer)
+    return rows_to_examples(rows, cfg, tokenizer, where=f"{key}={split!r} of {path!r}")

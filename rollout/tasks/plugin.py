@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from rollout.tasks.base import RewardFn
@@ -52,16 +53,48 @@ def load_reward_plugin(spec: str) -> RewardFn:
     return target
 
 
+class RewardPluginError(RuntimeError):
+    """The plugin raised on too many calls: the trial stops with the plugin's own (first) error message."""
+
+
+@dataclass
+class RewardFailures:
+    """How often a plugin raised. A raising call scores its batch 0, so one flaky call does not end a trial;
+    but a plugin that always raises would otherwise give every completion 0, zero advantages, and a trial
+    that "finishes" without having learnt anything."""
+
+    calls: int = 0
+    failed: int = 0
+    first_error: str = ""
+
+    def record(self, error: BaseException | None) -> None:
+        self.calls += 1
+        if error is not None:
+            self.failed += 1
+            if not self.first_error:
+                text = str(error).strip()
+                self.first_error = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
 def call_reward_plugin(
-    fn: RewardFn, spec: str, prompts: Sequence[str], completions: Sequence[str], meta: dict[str, Sequence[Any]]
+    fn: RewardFn, spec: str, prompts: Sequence[str], completions: Sequence[str], meta: dict[str, Sequence[Any]],
+    failures: RewardFailures | None = None,
 ) -> list[float]:
-    """Call a plugin like a built-in reward: an exception scores the batch 0 with a logged traceback (a
-    reward must not end a trial); a result of the wrong length is a bug in the plugin and raises."""
+    """Call a plugin like a built-in reward: an exception scores the batch 0 with a logged traceback and is
+    counted in `failures`; a result of the wrong length is a bug in the plugin and raises."""
     try:
         rewards = [float(r) for r in fn(prompts, completions, **meta)]
-    except Exception:
-        logger.exception("task.reward=%r raised; this batch of %d completions scored 0", spec, len(completions))
+    except Exception as error:
+        first = failures is None or failures.failed == 0  # one warning line per trial; tracebacks at debug level
+        if failures is not None:
+            failures.record(error)
+        level = logging.WARNING if first else logging.DEBUG
+        logger.log(level, "task.reward=%r raised (%s: %s); this batch of %d completions scored 0", spec,
+                   type(error).__name__, str(error).strip().splitlines()[0] if str(error).strip() else "", len(completions))
+        logger.debug("task.reward=%r traceback", spec, exc_info=True)
         return [0.0] * len(completions)
+    if failures is not None:
+        failures.record(None)
     if len(rewards) != len(completions):
         raise ValueError(f"task.reward={spec!r} returned {len(rewards)} rewards for {len(completions)} completions")
     return rewards
@@ -73,13 +106,30 @@ class PluginRewardTask:
     Wrapping at task construction makes the plugin work the same for every task kind.
     """
 
-    def __init__(self, task: Any, spec: str) -> None:
+    def __init__(self, task: Any, spec: str, failure_share: float = 0.5, grace_steps: int = 3) -> None:
         self.task = task
         self.spec = spec
         self.plugin = load_reward_plugin(spec)
+        self.failures = RewardFailures()
+        self.failure_share, self.grace_steps = failure_share, grace_steps
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.task, name)
 
     def reward(self, prompts: Sequence[str], completions: Sequence[str], **meta: Sequence[Any]) -> list[float]:
-        return call_reward_plugin(self.plugin, self.spec, prompts, completions, meta)
+        return call_reward_plugin(self.plugin, self.spec, prompts, completions, meta, self.failures)
+
+    def check_failures(self, steps_done: int) -> None:
+        """Raise RewardPluginError once `grace_steps` steps have run and more than `failure_share` of the
+        calls so far raised (defaults: a plugin raising on most calls of the first 3 steps ends the trial)."""
+        f = self.failures
+        if steps_done >= self.grace_steps and f.calls and f.failed > self.failure_share * f.calls:
+            raise RewardPluginError(
+                f"task.reward={self.spec!r} raised on {f.failed} of {f.calls} calls in {steps_done} steps "
+                f"(limit task.reward_failure_share={self.failure_share:g}); first error: {f.first_error}"
+            )
+
+
+def reward_plugin_of(task: Any) -> PluginRewardTask | None:
+    """The task's reward plugin wrapper, when `task.reward` configured one."""
+    return task if isinstance(task, PluginRewardTask) else None

@@ -51,7 +51,7 @@ def build_task(cfg: TaskConfig, tokenizer: PreTrainedTokenizerBase) -> Task:
     if cfg.reward:
         from rollout.tasks.plugin import PluginRewardTask
 
-        task = PluginRewardTask(task, cfg.reward)
+        task = PluginRewardTask(task, cfg.reward, cfg.reward_failure_share, cfg.reward_failure_grace_steps)
     return task
 
 

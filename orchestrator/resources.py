@@ -1,0 +1,51 @@
+"""Will one trial fit on the cluster? Checked before any trial starts.
+
+Ray Tune queues a trial whose resource request no node can satisfy and waits for the cluster to grow, which
+on a fixed cluster (a laptop, a static RayCluster) means forever, with Ray's autoscaler warnings as the only
+output. A sweep therefore checks its per-trial request against the nodes that are alive and fails in one
+line naming the field, what it asked for and what the largest node has. Autoscaling clusters, whose nodes
+appear on demand, turn the check off with `resources.require_fit: false`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from orchestrator.config import ResourcesConfig
+
+_FIELDS = (("cpus_per_trial", "CPU", "CPUs"), ("gpus_per_trial", "GPU", "GPUs"))
+
+
+def check_trial_fits(resources: ResourcesConfig, nodes: Iterable[dict[str, Any]]) -> None:
+    """Raise ValueError unless some alive node holds a whole trial's request (`nodes` as `ray.nodes()`)."""
+    alive = [node.get("Resources", {}) for node in nodes if node.get("Alive", True)]
+    if not alive:
+        raise ValueError("the Ray cluster has no alive node")
+    for field, key, unit in _FIELDS:
+        asked = getattr(resources, field)
+        if asked <= 0:
+            continue
+        largest = max(float(node.get(key, 0.0)) for node in alive)
+        fitting = [node for node in alive if float(node.get(key, 0.0)) >= asked]
+        if not fitting:
+            total = sum(float(node.get(key, 0.0)) for node in alive)
+            raise ValueError(
+                f"resources.{field}={asked:g}: no node of the Ray cluster has {asked:g} {unit} "
+                f"(largest node: {largest:g}, cluster total: {total:g}); lower it, or set resources.require_fit: false "
+                f"on an autoscaling cluster"
+            )
+    both = [node for node in alive if all(float(node.get(key, 0.0)) >= getattr(resources, field) for field, key, _ in _FIELDS)]
+    if not both:
+        raise ValueError(
+            f"resources: no single node has both cpus_per_trial={resources.cpus_per_trial:g} CPUs and "
+            f"gpus_per_trial={resources.gpus_per_trial:g} GPUs"
+        )
+
+
+def check_cluster_fits(resources: ResourcesConfig) -> None:
+    """`check_trial_fits` against the connected Ray cluster (no-op when `require_fit` is off)."""
+    if not resources.require_fit:
+        return
+    import ray
+
+    check_trial_fits(resources, ray.nodes())
