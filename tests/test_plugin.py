@@ -108,3 +108,27 @@ def test_the_plugin_replaces_the_arithmetic_reward_too(plugin_module):
     examples = list(task.train_examples())[:2]
     assert task.reward([e.prompt for e in examples], ["a", "abc"], **reward_meta(examples)) == [1.0, 3.0]
     assert task.name == "arithmetic"
+
+
+def test_raising_calls_are_counted_and_end_the_trial_past_the_share(plugin_module):
+    from rollout.config import ArithmeticConfig
+    from rollout.tasks.plugin import PluginRewardTask, RewardPluginError
+
+    base = build_task(TaskConfig(arithmetic=ArithmeticConfig(num_train=4, num_eval=2)), None)
+    task = PluginRewardTask(base, f"{plugin_module}:raises", failure_share=0.5, grace_steps=2)
+    assert task.reward(["p", "q"], ["c", "d"], answer=["1", "2"]) == [0.0, 0.0]  # scored 0, not raised
+    assert (task.failures.calls, task.failures.failed) == (1, 1)
+    task.check_failures(1)  # still within the grace steps
+    with pytest.raises(RewardPluginError, match=r"raised on 1 of 1 calls in 2 steps \(limit task.reward_failure_share=0.5\); "
+                                                r"first error: RuntimeError: plugin bug$"):
+        task.check_failures(2)
+    flaky = PluginRewardTask(base, f"{plugin_module}:length_reward", failure_share=0.5, grace_steps=1)
+    for error in (None, RuntimeError("once"), None, None):
+        flaky.failures.record(error)
+    flaky.check_failures(4)  # 1 of 4 calls raised: below the share, the trial goes on
+    flaky.failures.record(RuntimeError("twice"))
+    flaky.failures.record(RuntimeError("thrice"))
+    flaky.check_failures(6)  # 3 of 6: exactly the share, not more
+    flaky.failures.record(RuntimeError("four times"))
+    with pytest.raises(RewardPluginError, match="raised on 4 of 7 calls .* first error: RuntimeError: once$"):
+        flaky.check_failures(7)

@@ -62,21 +62,22 @@ class SingleTurnCollector:
         self.eval_examples = list(eval_examples)
         self.eval_batch_size, self.pass_k = eval_batch_size, pass_k
         self.estimator = ADVANTAGE_ESTIMATORS.get("dr_grpo" if algorithm.name == "dr_grpo" else "grpo")
+        self.plugin = reward_plugin_of(task)
+        """The `task.reward` plugin, whose raised calls are counted per step and can end the trial."""
 
     def collect(self, step: int, seed: int) -> Collected:
         examples = step_window(self.data_order, step, self.prompts_per_step)
         settings = SamplingSettings(self.sampling.group_size, self.sampling.max_new_tokens, self.sampling.temperature,
                                     self.sampling.top_p, seed=step_seed(seed, step))
         batch = self.engine.generate([e.prompt for e in examples], settings)
-        failed_before = self._reward_failures()
+        failed_before = self.plugin.failures.failed if self.plugin is not None else 0
         grouped = [examples[int(i)] for i in batch.group_index_N]
         try:
             rewards = self.task.reward([e.prompt for e in grouped], batch.completions_text, **reward_meta(grouped))
         except Exception as error:  # a user reward plugin must not lose the trial's progress silently
             raise RuntimeError(f"step {step + 1}: task reward raised {type(error).__name__}: {error}") from error
-        plugin = reward_plugin_of(self.task)
-        if plugin is not None:
-            plugin.check_failures(step + 1)
+        if self.plugin is not None:
+            self.plugin.check_failures(step + 1)
         rewards_N = torch.tensor(rewards, dtype=torch.float32)
         if rewards_N.shape != (batch.num_rows,) or not torch.isfinite(rewards_N).all():
             raise NonFiniteLossError(f"step {step + 1}: reward function returned a non-finite value or the wrong count")
@@ -90,13 +91,9 @@ class SingleTurnCollector:
             "nonzero_advantage_rows": float((adv_N != 0).sum()),
             **batch.stats,
         }
-        if plugin is not None:
-            metrics["reward_errors"] = float(self._reward_failures() - failed_before)
+        if self.plugin is not None:
+            metrics["reward_errors"] = float(self.plugin.failures.failed - failed_before)
         return Collected(UpdateBatch(ScoringInputs.from_batch(batch), adv_N, batch.sample_logp_NT), metrics)
-
-    def _reward_failures(self) -> int:
-        plugin = reward_plugin_of(self.task)
-        return plugin.failures.failed if plugin is not None else 0
 
     def evaluate(self, engine: RolloutEngine) -> dict[str, float]:
         result = {"score": greedy_accuracy(engine, self.task, self.eval_examples, self.sampling.max_new_tokens, self.eval_batch_size),
