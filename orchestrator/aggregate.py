@@ -303,7 +303,7 @@ def summarize(results: pd.DataFrame, z: float = 2.0, abs_threshold: float = 0.02
     if base_by_seed.empty:
         messages.append("no finished base trial: S_base unknown, only mean layer scores are shown")
     if full_by_seed.empty:
-        messages.append("no finished full trial: S_full unknown, contributions omitted")
+        messages.append("no finished full trial that learnt: S_full unknown, contributions omitted")
     layer_rows = done[(done["kind"] == "layers") & done["layer"].notna()]
     layers = [
         _layer_row(int(layer), group.groupby("seed")["score"].mean(), base_by_seed, full_by_seed, noise, num_layers, eval_size)

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from ray import tune
 
 from orchestrator.report import progress_line
-from orchestrator.results import results_frame, spec_from_config, trial_row
+from orchestrator.results import finished_status, results_frame, spec_from_config, trial_row
 from orchestrator.tracking import SweepTracker
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class ProgressPrinter(tune.Callback):
             spec = spec_from_config(trial.config)
             name = spec.name
             if name in self.finals:
-                rows.append(trial_row(self.sweep, spec, self.num_layers, self.finals[name], "done"))
+                rows.append(trial_row(self.sweep, spec, self.num_layers, self.finals[name], finished_status(self.finals[name])))
             elif name in self.failed:
                 rows.append(trial_row(self.sweep, spec, self.num_layers, {}, "failed"))
             elif trial.status == "RUNNING":

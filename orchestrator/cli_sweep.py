@@ -7,19 +7,26 @@ from pathlib import Path
 from typing import Callable
 
 
+def sweep_exit_code(table) -> int:
+    """0 when some training trial finished having learnt; 3 when training trials finished but none learnt
+    (as `layersweep trial` does for one); 1 when nothing finished."""
+    training = table[table["kind"] != "base"]
+    if (training["status"] == "done").any() or (training.empty and (table["status"] == "done").any()):
+        return 0
+    return 3 if (training["status"] == "no_learning").any() else 1
+
+
 def cmd_run(args: argparse.Namespace, load: Callable) -> int:
     from orchestrator.driver import run_sweep
 
     cfg = load(args)
-    table = run_sweep(cfg, address=args.address, include_dashboard=not args.no_dashboard)
-    return 0 if (table["status"] == "done").any() else 1
+    return sweep_exit_code(run_sweep(cfg, address=args.address, include_dashboard=not args.no_dashboard))
 
 
 def cmd_resume(args: argparse.Namespace, load: Callable) -> int:
     from orchestrator.driver import resume_sweep
 
-    table = resume_sweep(Path(args.sweep_dir), address=args.address, include_dashboard=not args.no_dashboard)
-    return 0 if (table["status"] == "done").any() else 1
+    return sweep_exit_code(resume_sweep(Path(args.sweep_dir), address=args.address, include_dashboard=not args.no_dashboard))
 
 
 def cmd_report(args: argparse.Namespace, load: Callable) -> int:

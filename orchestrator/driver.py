@@ -22,7 +22,7 @@ from orchestrator.callbacks import MlflowForwarder, ProgressPrinter
 from orchestrator.config import SweepConfig, parse_sweep_config
 from orchestrator.plan import plan_trials
 from orchestrator.resources import check_cluster_fits
-from orchestrator.results import results_frame, spec_from_config, trial_row
+from orchestrator.results import finished_status, results_frame, spec_from_config, trial_row
 from orchestrator.tracking import SweepTracker, resolve_tracking_uri
 from orchestrator.tune_trainable import LayerTrainable
 from workers.spec import TrialSpec
@@ -163,7 +163,7 @@ def results_table(cfg: SweepConfig, results: Any, num_layers: int) -> pd.DataFra
         metrics = result.metrics or {}
         done = result.error is None and "score" in metrics
         error = str(result.error).strip().splitlines()[-1][:300] if result.error else None
-        status = ("no_learning" if metrics.get("learned") is False else "done") if done else "failed"
+        status = finished_status(metrics) if done else "failed"
         rows.append(trial_row(cfg.name, spec, num_layers, metrics, status, error))
     return results_frame(rows)
 

@@ -26,6 +26,11 @@ def secondary_scores(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if is_secondary_score(k)}
 
 
+def finished_status(metrics: dict[str, Any]) -> str:
+    """A finished trial's status: `no_learning` when it trained without a learning signal, else `done`."""
+    return "no_learning" if metrics.get("learned") is False else "done"
+
+
 def trial_row(sweep: str, spec: TrialSpec, num_layers: int, metrics: dict[str, Any], status: str, error: str | None = None) -> dict[str, Any]:
     """status: done | running | failed | no_learning (a training trial whose weights did not move with a learning
     signal: it finished, its score is kept for the record, but it is never ranked); `score` is kept only for

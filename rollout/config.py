@@ -68,6 +68,10 @@ class ArithmeticConfig(Section):
             raise ValueError("style='chat' asks for the sum written normally; set reverse_answer: false")
         if "{a}" not in self.question or "{b}" not in self.question:
             raise ValueError(f"question={self.question!r} must contain both {{a}} and {{b}}")
+        try:
+            self.question.format(a=1, b=2)
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(f"question={self.question!r}: only {{a}} and {{b}} may appear in braces ({error!r})") from None
         return self
 
 
@@ -150,10 +154,10 @@ class TaskConfig(Section):
     """Optional plugin `package.module:function` with signature (prompts, completions, **meta) -> list[float]."""
     reward_failure_share: float = Field(0.5, ge=0, le=1)
     """A `task.reward` call that raises scores its batch 0 and counts in the per-step `reward_errors` metric; once
-    more than this share of a trial's calls raised (judged from step `reward_failure_grace_steps` on), the trial
-    fails with the plugin's own first error message."""
+    more than this share of a trial's calls raised (judged once `reward_failure_grace_steps` calls have run in
+    the trial's process), the trial fails with the plugin's own first error message."""
     reward_failure_grace_steps: int = Field(3, ge=1)
-    """Steps before `reward_failure_share` is judged."""
+    """Calls (one per step) before `reward_failure_share` is judged; a resumed trial starts a new count."""
     format_reward: float = Field(0.0, ge=0)
     """Weight of a bonus for a well-formed completion, added to the 0/1 correctness reward."""
     code: CodeConfig = CodeConfig()

@@ -25,6 +25,10 @@ def test_dr_grpo_advantage_has_no_std_division():
 def test_equal_rewards_give_zero_advantage_not_nan(name):
     adv = ADVANTAGE_ESTIMATORS.get(name)(torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0]), 3)
     assert torch.equal(adv, torch.zeros(6))
+    # equal rewards whose float32 mean is not exactly them (0.3 * 6 / 6 != 0.3): still exactly 0
+    inexact = torch.full((6,), 0.3)
+    assert inexact.mean() != inexact[0]
+    assert torch.equal(ADVANTAGE_ESTIMATORS.get(name)(inexact, 6), torch.zeros(6))
 
 
 def test_registry_rejects_duplicates_and_unknown_names():

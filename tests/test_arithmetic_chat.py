@@ -74,6 +74,8 @@ def test_chat_config_errors_name_the_field():
         ArithmeticConfig(style="chat")
     with pytest.raises(ValidationError, match="must contain both"):
         ArithmeticConfig(**CHAT, question="What is {a}?")
+    with pytest.raises(ValidationError, match=r"only \{a\} and \{b\} may appear in braces \(KeyError\('c'\)\)"):
+        ArithmeticConfig(**CHAT, question="What is {a} + {b} + {c}?")
     with pytest.raises(ValidationError, match="min digits 3 exceed its max digits 1"):
         ArithmeticConfig(**{**CHAT, "second_min_digits": 3})
 

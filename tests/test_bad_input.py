@@ -137,7 +137,33 @@ def test_an_empty_eval_split_is_named(env, tmp_path):
     code, lines = cli(env, "trial", TINY, "--base", "--set", "task.kind=math",
                       "--set", f"task.dataset={{path: {train}, eval_path: {empty}}}", "--out", str(tmp_path / "t"))
     error = one_error(lines)
-    assert code == 2 and "task.dataset" in error and str(empty) in error
+    assert code == 2 and f"task.dataset eval_split='test' of '{empty}': the split has no rows" in error
+
+
+@pytest.mark.slow
+def test_a_sweep_checks_every_dataset_row_before_any_trial(env, tmp_path):
+    rows = [{"question": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(12)]
+    rows[3] = {"answer": "4"}
+    data = _dataset(tmp_path, rows)
+    code, lines = cli(env, "run", TINY, "--set", "task.kind=math", "--set", f"task.dataset={{path: {data}}}",
+                      "--set", f"output_dir={tmp_path / 'runs'}")
+    assert code == 2 and "row 3 has no 'question' (task.dataset.prompt_field)" in one_error(lines)
+    assert not (tmp_path / "runs").exists()  # no trial started, nothing written
+
+
+def test_sweep_exit_codes():
+    import pandas as pd
+
+    from orchestrator.cli_sweep import sweep_exit_code
+
+    def table(*statuses):
+        kinds = ["base", "full", "layers", "layers"][: len(statuses)]
+        return pd.DataFrame({"kind": kinds, "status": list(statuses)})
+
+    assert sweep_exit_code(table("done", "done", "no_learning", "failed")) == 0
+    assert sweep_exit_code(table("done", "no_learning", "no_learning")) == 3  # the base alone is not success
+    assert sweep_exit_code(table("done", "failed", "failed")) == 1
+    assert sweep_exit_code(table("done")) == 0  # a base-only sweep (include_full/layers off) that evaluated
 
 
 def test_a_reward_plugin_that_always_raises_fails_the_trial_with_its_own_error(env, tmp_path):
@@ -146,7 +172,7 @@ def test_a_reward_plugin_that_always_raises_fails_the_trial_with_its_own_error(e
                       "--out", str(out))
     error = one_error(lines)
     assert code == 2
-    assert "task.reward='bad_rewards:raises' raised on 3 of 3 calls in 3 steps" in error
+    assert "task.reward='bad_rewards:raises' raised on 3 of 3 calls (limit task.reward_failure_share=0.5)" in error
     assert "first error: RuntimeError: reward server unreachable" in error
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [1, 2] and [s["reward_errors"] for s in steps] == [1.0, 1.0]  # kept, counted

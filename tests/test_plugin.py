@@ -118,17 +118,18 @@ def test_raising_calls_are_counted_and_end_the_trial_past_the_share(plugin_modul
     task = PluginRewardTask(base, f"{plugin_module}:raises", failure_share=0.5, grace_steps=2)
     assert task.reward(["p", "q"], ["c", "d"], answer=["1", "2"]) == [0.0, 0.0]  # scored 0, not raised
     assert (task.failures.calls, task.failures.failed) == (1, 1)
-    task.check_failures(1)  # still within the grace steps
-    with pytest.raises(RewardPluginError, match=r"raised on 1 of 1 calls in 2 steps \(limit task.reward_failure_share=0.5\); "
+    task.check_failures()  # one call: still within the grace of 2
+    task.reward(["p"], ["c"], answer=["1"])
+    with pytest.raises(RewardPluginError, match=r"raised on 2 of 2 calls \(limit task.reward_failure_share=0.5\); "
                                                 r"first error: RuntimeError: plugin bug$"):
-        task.check_failures(2)
+        task.check_failures()
     flaky = PluginRewardTask(base, f"{plugin_module}:length_reward", failure_share=0.5, grace_steps=1)
     for error in (None, RuntimeError("once"), None, None):
         flaky.failures.record(error)
-    flaky.check_failures(4)  # 1 of 4 calls raised: below the share, the trial goes on
+    flaky.check_failures()  # 1 of 4 calls raised: below the share, the trial goes on
     flaky.failures.record(RuntimeError("twice"))
     flaky.failures.record(RuntimeError("thrice"))
-    flaky.check_failures(6)  # 3 of 6: exactly the share, not more
+    flaky.check_failures()  # 3 of 6: exactly the share, not more
     flaky.failures.record(RuntimeError("four times"))
     with pytest.raises(RewardPluginError, match="raised on 4 of 7 calls .* first error: RuntimeError: once$"):
-        flaky.check_failures(7)
+        flaky.check_failures()

@@ -16,7 +16,7 @@ from conftest import SMOLLM2_SOURCE
 from rollout.engine import SamplingSettings
 from rollout.hf_engine import HFEngine
 from workers.base_model import load_model_and_tokenizer
-from workers.gguf_model import ensure_gguf_model, file_sha256, locate_gguf
+from workers.gguf_model import cached_sha256, ensure_gguf_model, file_sha256, locate_gguf
 from workers.policy import PolicyScorer, ScoringInputs
 from workers.trainable import find_decoder_layout
 
@@ -44,6 +44,7 @@ def test_the_packaged_gguf_converts_to_a_cached_hf_directory(smollm2_dir, smollm
     stamp = (smollm2_dir / "source.json").stat().st_mtime_ns
     assert ensure_gguf_model(SMOLLM2_SOURCE, smollm2_dir.parent) == smollm2_dir  # cached: not converted again
     assert (smollm2_dir / "source.json").stat().st_mtime_ns == stamp
+    assert cached_sha256(locate_gguf(SMOLLM2_SOURCE), smollm2_dir.parent) == source["sha256"]  # remembered digest
 
 
 def test_the_dequantized_model_answers_a_chat_question(smollm2):
@@ -97,6 +98,7 @@ def test_a_layer_15_trial_changes_only_layer_15(smollm2_dir, tmp_path):
     changed = {name for name, tensor in after.items() if not torch.equal(tensor, original[name])}
     layer_15 = {name for name in after if name.startswith("model.layers.15.")}
     assert len(layer_15) == 9 and changed == layer_15
+    assert trial.learned() is True
     assert set(trial.reference.original) == layer_15  # the KL reference holds layer 15's original weights only
     save_checkpoint(tmp_path / "checkpoint", trial.state_dict())
     checksum = trial.trainable_checksum()
@@ -139,4 +141,4 @@ def test_bad_gguf_sources_are_one_line_errors(tmp_path):
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"layersweep: error: model.source GGUF file '{unknown}': transformers cannot dequantize it")
     assert "notanarch" in lines[0]
-    assert not list((tmp_path / "cache").glob("gguf-*/"))  # nothing half-converted is left as a cache entry
+    assert not list((tmp_path / "cache").glob("gguf-*-v*/"))  # nothing half-converted is left as a cache entry

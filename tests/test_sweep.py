@@ -114,11 +114,13 @@ def test_driver_killed_mid_sweep_then_resume_skips_finished_trials(tmp_path):
     deadline = time.time() + 240
     while time.time() < deadline and len(list(sweep_dir.glob("trials/*/metrics.jsonl"))) < 3:
         time.sleep(0.5)
-    time.sleep(1.5)  # let Tune persist its experiment state once more
+    # Trials finished by now must not run again; Tune persists its state every second (TUNE_GLOBAL_CHECKPOINT_S=1),
+    # so wait 3 s before the kill. A trial finishing during that wait may legitimately run again.
+    finished_before = {p.parent.name: p.stat().st_mtime for p in sweep_dir.glob("trials/*/score.json")}
+    time.sleep(3)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait(timeout=30)
     _kill_ray_under(ray_tmp)
-    finished_before = {p.parent.name: p.stat().st_mtime for p in sweep_dir.glob("trials/*/score.json")}
     assert finished_before, "no trial finished before the kill; the test would prove nothing"
     assert not (sweep_dir / "results.parquet").exists()
 

@@ -22,6 +22,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, Qwen2Config
 from transformers import Qwen2ForCausalLM
 
+from rollout.errors import first_line
 from rollout.tasks.base import TaskExample
 from workers.cache import exclusive
 from workers.config import EmbeddedModelConfig, ModelConfig, cache_root
@@ -152,11 +153,6 @@ def ensure_embedded_model(
         return target
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def check_pretrained_source(source: str) -> Path | str:
     """A local HF model directory, or a hub id whose config can be fetched; else a one-line error saying what
     was looked for and where (instead of a traceback from deep inside transformers / huggingface_hub)."""
@@ -173,7 +169,7 @@ def check_pretrained_source(source: str) -> Path | str:
         AutoConfig.from_pretrained(source)
     except Exception as error:  # OSError offline, hub HTTP errors online: all mean "cannot be had from here"
         raise ValueError(
-            f"model.source={source!r}: no local directory {path.resolve()}, and the hub id cannot be loaded: {_first_line(error)}"
+            f"model.source={source!r}: no local directory {path.resolve()}, and the hub id cannot be loaded: {first_line(error)}"
         ) from None
     return source
 
@@ -184,7 +180,7 @@ def load_model_and_tokenizer(path_or_id: str | Path, dtype: str = "float32") -> 
         tokenizer = AutoTokenizer.from_pretrained(str(path_or_id))
         model = AutoModelForCausalLM.from_pretrained(str(path_or_id), dtype=torch_dtype)
     except (OSError, ValueError) as error:
-        raise ValueError(f"model.source={str(path_or_id)!r} could not be loaded: {_first_line(error)}") from None
+        raise ValueError(f"model.source={str(path_or_id)!r} could not be loaded: {first_line(error)}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"

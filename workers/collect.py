@@ -77,7 +77,7 @@ class SingleTurnCollector:
         except Exception as error:  # a user reward plugin must not lose the trial's progress silently
             raise RuntimeError(f"step {step + 1}: task reward raised {type(error).__name__}: {error}") from error
         if self.plugin is not None:
-            self.plugin.check_failures(step + 1)
+            self.plugin.check_failures()
         rewards_N = torch.tensor(rewards, dtype=torch.float32)
         if rewards_N.shape != (batch.num_rows,) or not torch.isfinite(rewards_N).all():
             raise NonFiniteLossError(f"step {step + 1}: reward function returned a non-finite value or the wrong count")

@@ -17,12 +17,14 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
 
 import torch
 
+from rollout.errors import first_line
 from workers.cache import exclusive
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,25 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def cached_sha256(path: Path, cache_root: Path) -> str:
+    """`file_sha256`, remembered under the cache keyed by (path, size, mtime): every trial and the driver resolve
+    the source, and re-hashing a multi-GB GGUF file each time would cost seconds to minutes."""
+    stat = path.stat()
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    record = cache_root / "file-digests" / f"{key}.json"
+    stamp = {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    if record.exists():
+        known = json.loads(record.read_text())
+        if {k: known.get(k) for k in stamp} == stamp:
+            return known["sha256"]
+    digest = file_sha256(path)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    staging = record.with_name(record.name + f".{os.getpid()}.tmp")
+    staging.write_text(json.dumps({**stamp, "sha256": digest}))
+    staging.replace(record)
+    return digest
+
+
 def _dequantize(gguf_path: Path):
     """(model, tokenizer) dequantized to float32; unsupported architectures become one-line errors."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -69,9 +90,7 @@ def _dequantize(gguf_path: Path):
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
     except (ValueError, KeyError, OSError, ImportError) as error:
-        text = str(error).strip()
-        first_line = text.splitlines()[0] if text else type(error).__name__
-        raise ValueError(f"model.source GGUF file {str(gguf_path)!r}: transformers cannot dequantize it: {first_line}") from None
+        raise ValueError(f"model.source GGUF file {str(gguf_path)!r}: transformers cannot dequantize it: {first_line(error)}") from None
     # Dequantized weights are plain float tensors, but the model still carries the GGUF quantizer, and
     # save_pretrained refuses a model flagged as quantized: clear the flag so it saves as an HF directory.
     model.hf_quantizer = None
@@ -86,7 +105,7 @@ def _dequantize(gguf_path: Path):
 def ensure_gguf_model(source: str, cache_root: Path) -> Path:
     """The cached HF directory converted from the GGUF file `source` names (converting it first if needed)."""
     gguf_path = locate_gguf(source)
-    sha256 = file_sha256(gguf_path)
+    sha256 = cached_sha256(gguf_path, cache_root)
     target = cache_root / f"gguf-{sha256[:16]}-v{GGUF_FORMAT_VERSION}"
     with exclusive(cache_root / (target.name + ".lock")):
         if (target / "source.json").exists():

@@ -79,7 +79,8 @@ def generate_examples(cfg: ArithmeticConfig, tokenizer: Any | None = None) -> tu
     if cfg.style == "chat":
         examples = [make_chat_example(a, b, cfg, tokenizer) for a, b in pairs]
     else:
-        examples = [make_example(a, b, cfg.max_digits, cfg.reverse_answer) for a, b in pairs]
+        width = max(cfg.max_digits, cfg.second_digits[1])
+        examples = [make_example(a, b, width, cfg.reverse_answer) for a, b in pairs]
     return examples[: cfg.num_train], examples[cfg.num_train :]
 
 

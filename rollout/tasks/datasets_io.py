@@ -50,8 +50,13 @@ def load_split(path: str, subset: str | None, split: str, split_key: str = "trai
     """One split as a `datasets.Dataset`; `split_key` names the config key in error messages."""
     import datasets  # heavy import, only needed by dataset tasks
 
+    datasets.disable_progress_bars()  # "Generating train split" bars go to stderr, where errors must stand alone
     local = Path(path).expanduser()
     if local.is_file():
+        with open(local, "rb") as handle:
+            empty = not handle.read(4096).strip()
+        if empty:  # datasets fails on an empty file with a bare StopIteration
+            raise ValueError(f"task.dataset {split_key}={split!r} of {path!r}: the split has no rows (the file is empty)")
         builder = BUILDER_BY_SUFFIX.get(local.suffix)
         if builder is None:
             raise ValueError(f"task.dataset.path={path!r}: unsupported file type {local.suffix!r} "

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from rollout.errors import first_line
 from rollout.tasks.base import RewardFn
 
 logger = logging.getLogger(__name__)
@@ -72,8 +73,7 @@ class RewardFailures:
         if error is not None:
             self.failed += 1
             if not self.first_error:
-                text = str(error).strip()
-                self.first_error = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+                self.first_error = first_line(error, with_type=True)
 
 
 def call_reward_plugin(
@@ -89,8 +89,8 @@ def call_reward_plugin(
         if failures is not None:
             failures.record(error)
         level = logging.WARNING if first else logging.DEBUG
-        logger.log(level, "task.reward=%r raised (%s: %s); this batch of %d completions scored 0", spec,
-                   type(error).__name__, str(error).strip().splitlines()[0] if str(error).strip() else "", len(completions))
+        logger.log(level, "task.reward=%r raised (%s); this batch of %d completions scored 0", spec,
+                   first_line(error, with_type=True), len(completions))
         logger.debug("task.reward=%r traceback", spec, exc_info=True)
         return [0.0] * len(completions)
     if failures is not None:
@@ -119,13 +119,14 @@ class PluginRewardTask:
     def reward(self, prompts: Sequence[str], completions: Sequence[str], **meta: Sequence[Any]) -> list[float]:
         return call_reward_plugin(self.plugin, self.spec, prompts, completions, meta, self.failures)
 
-    def check_failures(self, steps_done: int) -> None:
-        """Raise RewardPluginError once `grace_steps` steps have run and more than `failure_share` of the
-        calls so far raised (defaults: a plugin raising on most calls of the first 3 steps ends the trial)."""
+    def check_failures(self) -> None:
+        """Raise RewardPluginError once `grace_steps` calls (one per step) have run in this process and more
+        than `failure_share` of them raised (defaults: a plugin raising on most calls of the first 3 steps ends
+        the trial). Counted per process, so a trial resumed from a checkpoint gets a fresh grace period."""
         f = self.failures
-        if steps_done >= self.grace_steps and f.calls and f.failed > self.failure_share * f.calls:
+        if f.calls >= self.grace_steps and f.failed > self.failure_share * f.calls:
             raise RewardPluginError(
-                f"task.reward={self.spec!r} raised on {f.failed} of {f.calls} calls in {steps_done} steps "
+                f"task.reward={self.spec!r} raised on {f.failed} of {f.calls} calls "
                 f"(limit task.reward_failure_share={self.failure_share:g}); first error: {f.first_error}"
             )
 
