@@ -186,3 +186,20 @@ def test_a_trial_without_learning_signal_exits_non_zero_and_keeps_its_score(env,
     score = json.loads((out / "score.json").read_text())
     assert score["learned"] is False and score["steps"] == 2
     assert all(json.loads(line)["nonzero_advantage_rows"] == 0 for line in (out / "metrics.jsonl").read_text().splitlines())
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_training_trials_did_not_learn_ranks_nothing_and_exits_3(env, tmp_path):
+    import pandas as pd
+
+    code, lines = cli(env, "run", TINY, "--no-dashboard", "--set", "task.reward=bad_rewards:constant", "--set", "layers=[0]",
+                      "--set", f"output_dir={tmp_path / 'runs'}")
+    assert code == 3, lines
+    sweep_dir = tmp_path / "runs" / "tiny-test"
+    table = pd.read_parquet(sweep_dir / "results.parquet").set_index("trial")
+    assert table.loc["base-s0", "status"] == "done"
+    assert table.loc["full-s0", "status"] == "no_learning" and table.loc["layer00-s0", "status"] == "no_learning"
+    assert table["score"].notna().all()  # their scores are kept for the record
+    ranking = (sweep_dir / "ranking.md").read_text()
+    assert "not ranked, no learning signal (all-zero advantages or unchanged weights): full-s0, layer00-s0" in ranking
+    assert "| 1 | 0 |" not in ranking  # layer 0 has no rank
