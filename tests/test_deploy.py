@@ -364,7 +364,7 @@ def test_mlflow_server_command_serves_the_in_cluster_host_and_proxies_artifacts(
                               start_new_session=True, cwd=tmp_path)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 150
+        deadline = time.time() + 300
         while True:
             assert server.poll() is None, f"mlflow server exited with {server.returncode}"
             try:
@@ -372,7 +372,7 @@ def test_mlflow_server_command_serves_the_in_cluster_host_and_proxies_artifacts(
                     break
             except requests.ConnectionError:
                 pass
-            assert time.time() < deadline, "mlflow server did not come up in 150 s"
+            assert time.time() < deadline, "mlflow server did not come up in 300 s"
             time.sleep(1)
         cluster_host = urlparse(next(e["value"] for e in _pod_specs(_one("RayCluster")["spec"])[0]["containers"][0]["env"]
                                      if e["name"] == "MLFLOW_TRACKING_URI")).netloc
