@@ -98,7 +98,7 @@ def test_a_layer_15_trial_changes_only_layer_15(smollm2_dir, tmp_path):
     changed = {name for name, tensor in after.items() if not torch.equal(tensor, original[name])}
     layer_15 = {name for name in after if name.startswith("model.layers.15.")}
     assert len(layer_15) == 9 and changed == layer_15
-    assert trial.learned() is True
+    assert trial.learned(trial.trainable_checksum()) is True
     assert set(trial.reference.original) == layer_15  # the KL reference holds layer 15's original weights only
     save_checkpoint(tmp_path / "checkpoint", trial.state_dict())
     checksum = trial.trainable_checksum()

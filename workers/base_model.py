@@ -130,8 +130,9 @@ def ensure_embedded_model(
     accuracy_fn_factory: Callable[[PreTrainedTokenizerBase], Callable[[PreTrainedModel], float]],
 ) -> Path:
     """Return the cached model directory, building and pre-training it first if needed (process-safe)."""
-    target = cache_root(cfg) / f"embedded-{embedded_cache_key(cfg.embedded, task_fingerprint)}"
-    with exclusive(cache_root(cfg) / (target.name + ".lock")):
+    root = cache_root(cfg)
+    target = root / f"embedded-{embedded_cache_key(cfg.embedded, task_fingerprint)}"
+    with exclusive(root / (target.name + ".lock")):
         if (target / "pretrain.json").exists():
             return target
         log.info("building the embedded model in %s (pre-training, cached afterwards)", target)

@@ -36,14 +36,15 @@ def maybe_inject_fault(cfg: TrialConfig, step: int, trial_dir: Path) -> None:
 
 
 def final_record(trial: LayerTrial, evaluation: dict[str, float]) -> dict[str, Any]:
+    checksum = trial.trainable_checksum()
     return {
         "spec": trial.spec.to_dict(),
         "trial": trial.spec.name,
         "num_layers": trial.num_layers,
         "steps": trial.step,
         "trainable_parameters": sum(p.numel() for p in trial.trainable.values()),
-        "trainable_checksum": trial.trainable_checksum(),
-        "learned": trial.learned(),
+        "trainable_checksum": checksum,
+        "learned": trial.learned(checksum),
         **evaluation,
     }
 

@@ -172,12 +172,13 @@ class LayerTrial:
     def trainable_checksum(self) -> str:
         return tensors_checksum(self.trainable)
 
-    def learned(self) -> bool | None:
+    def learned(self, checksum: str) -> bool | None:
         """Whether training moved the weights with a learning signal: some step had a non-zero advantage and
-        the trainable tensors differ from the base's. None for the base evaluation, which trains nothing."""
+        the trainable tensors (`checksum`, this trial's `trainable_checksum()`) differ from the base's. None for
+        the base evaluation, which trains nothing."""
         if self.spec.kind == "base":
             return None
-        return self.signal_steps > 0 and self.trainable_checksum() != self.initial_checksum
+        return self.signal_steps > 0 and checksum != self.initial_checksum
 
     def state_dict(self) -> dict[str, Any]:
         return {

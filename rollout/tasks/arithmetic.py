@@ -99,9 +99,13 @@ class ArithmeticTask:
         return self._eval
 
     def is_correct(self, completion: str, example: TaskExample) -> bool:
+        return self._states(completion, example.answer)
+
+    def _states(self, completion: str, answer: str) -> bool:
+        """Chat: the reply's last number is the answer. Compact: the completion is exactly the answer."""
         if self.chat:
-            return last_number(completion) == float(example.answer)
-        return completion.strip() == example.answer
+            return last_number(completion) == float(answer)
+        return completion.strip() == answer
 
     def is_well_formed(self, completion: str) -> bool:
         """Compact: digits only. Chat: the reply states some number."""
@@ -113,7 +117,7 @@ class ArithmeticTask:
         """1 for the right sum, plus `format_reward` for a well-formed completion."""
         rewards = []
         for completion, answer in zip(completions, meta["answer"]):
-            reward = 1.0 if self.is_correct(completion, TaskExample("", answer)) else 0.0
+            reward = 1.0 if self._states(completion, answer) else 0.0
             if self.format_reward and self.is_well_formed(completion):
                 reward += self.format_reward
             rewards.append(reward)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from rollout.config import DatasetConfig
+from rollout.errors import first_line
 from rollout.tasks.base import TaskExample
 
 logger = logging.getLogger(__name__)
@@ -33,11 +34,6 @@ _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 def _looks_local(path: str) -> bool:
     return path.startswith(("/", "./", "../", "~")) or Path(path).suffix in BUILDER_BY_SUFFIX
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 def _select_split(splits: Mapping[str, Any], split: str, key: str, path: str) -> Any:
@@ -64,7 +60,7 @@ def load_split(path: str, subset: str | None, split: str, split_key: str = "trai
         try:
             return datasets.load_dataset(builder, data_files={split: str(local)}, split=split)
         except Exception as exc:
-            raise ValueError(f"task.dataset.path={path!r}: unreadable {builder} file ({_one_line(exc)})") from exc
+            raise ValueError(f"task.dataset.path={path!r}: unreadable {builder} file ({first_line(exc, with_type=True)})") from exc
     if local.is_dir():
         try:
             if (local / "dataset_dict.json").exists() or (local / "state.json").exists():
@@ -74,14 +70,14 @@ def load_split(path: str, subset: str | None, split: str, split_key: str = "trai
             else:
                 loaded = datasets.load_dataset(str(local))
         except Exception as exc:
-            raise ValueError(f"task.dataset.path={path!r}: unreadable dataset directory ({_one_line(exc)})") from exc
+            raise ValueError(f"task.dataset.path={path!r}: unreadable dataset directory ({first_line(exc, with_type=True)})") from exc
         return _select_split(loaded, split, split_key, path)
     if _looks_local(path):
         raise ValueError(f"task.dataset.path={path!r}: no such file or directory")
     try:
         loaded = datasets.load_dataset(path, subset)
     except Exception as exc:
-        raise ValueError(f"task.dataset.path={path!r} (subset={subset!r}): could not load ({_one_line(exc)})") from exc
+        raise ValueError(f"task.dataset.path={path!r} (subset={subset!r}): could not load ({first_line(exc, with_type=True)})") from exc
     return _select_split(loaded, split, split_key, path)
 
 
