@@ -1,4 +1,8 @@
-"""`layersweep` command line: trial, run, resume, report, compare. The CLI prints; library code logs."""
+"""`layersweep` command line: trial, run, resume, report, compare. The CLI prints; library code logs.
+
+Heavy modules (Ray, torch, the driver) are imported inside the commands, so `--help` and config errors
+answer at once.
+"""
 
 from __future__ import annotations
 
@@ -47,8 +51,42 @@ def cmd_trial(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from orchestrator.driver import run_sweep
+    from orchestrator.results import sweep_exit_code
+
+    return sweep_exit_code(run_sweep(_load(args), address=args.address, include_dashboard=not args.no_dashboard))
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from orchestrator.driver import resume_sweep
+    from orchestrator.results import sweep_exit_code
+
+    return sweep_exit_code(resume_sweep(Path(args.sweep_dir), address=args.address, include_dashboard=not args.no_dashboard))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from orchestrator.report import render_sweep
+    from orchestrator.results import load_results
+
+    sweep_dir = Path(args.sweep_dir)
+    files, text, _ = render_sweep(load_results(sweep_dir), sweep_dir)
+    print(text)
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from orchestrator.compare import compare_sweep_dirs
+
+    text, files = compare_sweep_dirs([Path(d) for d in args.sweep_dirs], Path(args.out) if args.out else None)
+    print(text)
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="layersweep", description=__doc__)
+    parser = argparse.ArgumentParser(prog="layersweep", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -63,12 +101,27 @@ def build_parser() -> argparse.ArgumentParser:
     trial.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. budget.steps=5")
     trial.set_defaults(handler=cmd_trial)
 
-    try:
-        from orchestrator.cli_sweep import add_sweep_commands
-    except ImportError:
-        add_sweep_commands = None
-    if add_sweep_commands is not None:
-        add_sweep_commands(sub, _load)
+    run = sub.add_parser("run", help="run a sweep: base, full reference and one trial per candidate layer, on Ray Tune")
+    run.add_argument("config", nargs="?", default=str(Path(__file__).resolve().parent.parent / "configs" / "default.yaml"))
+    run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+    run.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard (local Ray only)")
+    run.set_defaults(handler=cmd_run)
+
+    resume = sub.add_parser("resume", help="continue a sweep whose driver died; finished trials are not rerun")
+    resume.add_argument("sweep_dir")
+    resume.add_argument("--address")
+    resume.add_argument("--no-dashboard", action="store_true")
+    resume.set_defaults(handler=cmd_resume)
+
+    report = sub.add_parser("report", help="re-render ranking tables and the contribution plot from stored results")
+    report.add_argument("sweep_dir")
+    report.set_defaults(handler=cmd_report)
+
+    compare = sub.add_parser("compare", help="Spearman/Kendall correlation of layer rankings across sweeps")
+    compare.add_argument("sweep_dirs", nargs="+")
+    compare.add_argument("--out", help="directory for comparison.csv / comparison.png (default: the first sweep dir)")
+    compare.set_defaults(handler=cmd_compare)
     return parser
 
 

@@ -34,6 +34,7 @@ import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from orchestrator.aggregate import SweepSummary, summarize  # noqa: E402
+from orchestrator.results import load_results  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -189,3 +190,14 @@ def write_comparison(results: Sequence[pd.DataFrame | SweepSummary], out_dir: Pa
     table.to_csv(files["comparison_csv"], index=False)
     plot_comparison(summaries, files["comparison_png"], labels)
     return table, files
+
+
+def compare_sweep_dirs(sweep_dirs: Sequence[Path], out_dir: Path | None) -> tuple[str, list[Path]]:
+    """Spearman / Kendall between finished sweeps' contribution vectors; writes comparison.csv and
+    comparison.png into out_dir (default: the first sweep's directory). Sweeps are labelled by directory
+    name, or by full path where two names clash."""
+    tables = [load_results(sweep_dir) for sweep_dir in sweep_dirs]
+    names = [d.name for d in sweep_dirs]
+    labels = [d.name if names.count(d.name) == 1 else str(d) for d in sweep_dirs]
+    table, files = write_comparison(tables, out_dir or sweep_dirs[0], labels=labels)
+    return comparison_text(table), list(files.values())

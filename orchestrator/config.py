@@ -11,7 +11,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from workers.config import TrialConfig
-from workers.config_base import Section
+from rollout.basics import Section
 
 
 class LayerRange(Section):

@@ -22,16 +22,13 @@ from orchestrator.callbacks import MlflowForwarder, ProgressPrinter
 from orchestrator.config import SweepConfig, parse_sweep_config
 from orchestrator.plan import plan_trials
 from orchestrator.resources import check_cluster_fits
-from orchestrator.results import finished_status, results_frame, spec_from_config, trial_row
+from orchestrator.report import render_sweep
+from orchestrator.results import CONFIG_FILE, PLAN_FILE, RESULTS_FILE, TUNE_DIR, finished_status, results_frame, spec_from_config, trial_row
 from orchestrator.tracking import SweepTracker, resolve_tracking_uri
 from orchestrator.tune_trainable import LayerTrainable
 from workers.spec import TrialSpec
 
 log = logging.getLogger(__name__)
-
-TUNE_DIR = "tune"
-CONFIG_FILE = "config.yaml"
-RESULTS_FILE = "results.parquet"
 
 
 def start_ray(address: str | None, num_cpus: int | None = None, include_dashboard: bool = True) -> str | None:
@@ -88,7 +85,7 @@ def _trainable(cfg: SweepConfig) -> Any:
 def prepare(cfg: SweepConfig) -> tuple[Path, list[TrialSpec], int]:
     """Write the resolved config, build the embedded model once (trials then load it), check that the task's
     data loads and is complete (a bad row fails here, not minutes into every trial), plan the trials."""
-    from workers.trial import check_task_loads, resolve_model_dir
+    from workers.base_model import check_task_loads, resolve_model_dir
 
     model_dir = resolve_model_dir(cfg.trial_config())
     check_task_loads(cfg.trial_config(), model_dir)
@@ -97,7 +94,7 @@ def prepare(cfg: SweepConfig) -> tuple[Path, list[TrialSpec], int]:
     sweep_dir = cfg.sweep_dir.resolve()  # written only once the inputs are known good: a bad config run
     sweep_dir.mkdir(parents=True, exist_ok=True)  # over an earlier sweep's directory leaves it as it was
     (sweep_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    (sweep_dir / "plan.json").write_text(json.dumps({"num_layers": num_layers, "trials": [s.to_dict() for s in specs]}, indent=2))
+    (sweep_dir / PLAN_FILE).write_text(json.dumps({"num_layers": num_layers, "trials": [s.to_dict() for s in specs]}, indent=2))
     return sweep_dir, specs, num_layers
 
 
@@ -147,7 +144,7 @@ def resume_sweep(sweep_dir: Path, address: str | None = None, emit: Callable[[st
     tune_dir = sweep_dir / TUNE_DIR
     if not tune.Tuner.can_restore(str(tune_dir)):
         raise FileNotFoundError(f"{tune_dir} holds no restorable Tune experiment")
-    num_layers = json.loads((sweep_dir / "plan.json").read_text())["num_layers"]
+    num_layers = json.loads((sweep_dir / PLAN_FILE).read_text())["num_layers"]
     dashboard = _start_checked_ray(cfg, address, include_dashboard)
     uri, tracker = _connect(cfg, sweep_dir, dashboard, emit)
     emit(f"resuming sweep {cfg.name} from {tune_dir}")
@@ -169,8 +166,6 @@ def results_table(cfg: SweepConfig, results: Any, num_layers: int) -> pd.DataFra
 
 
 def finish(cfg: SweepConfig, sweep_dir: Path, results: Any, tracker: SweepTracker, num_layers: int, seconds: float, emit: Callable[[str], None]) -> pd.DataFrame:
-    from orchestrator.reporting import render_sweep
-
     table = results_table(cfg, results, num_layers)
     table.to_parquet(sweep_dir / RESULTS_FILE, index=False)
     artifacts, summary_text, summary_metrics = render_sweep(table, sweep_dir)

@@ -172,17 +172,9 @@ def plot_contribution(summary: SweepSummary, path: Path | str) -> Path:
     return path
 
 
-def write_report(results: pd.DataFrame, out_dir: Path | str) -> dict[str, Path]:
-    """Aggregate a results table and write ranking.md, ranking.csv and contribution.png into out_dir.
-
-    Returns {"ranking_md", "ranking_csv", "contribution_png"} -> path. Works from a stored
-    results.parquet, so `layersweep report SWEEP_DIR` re-renders without rerunning anything.
-    """
-    return write_summary_report(summarize(results), out_dir)
-
-
 def write_summary_report(summary: SweepSummary, out_dir: Path | str) -> dict[str, Path]:
-    """write_report for an already aggregated sweep (the driver also needs the summary for its table)."""
+    """Write ranking.md, ranking.csv and contribution.png into out_dir; returns {"ranking_md", "ranking_csv",
+    "contribution_png"} -> path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"ranking_md": out_dir / RANKING_MD, "ranking_csv": out_dir / RANKING_CSV, "contribution_png": out_dir / CONTRIBUTION_PNG}
@@ -191,3 +183,11 @@ def write_summary_report(summary: SweepSummary, out_dir: Path | str) -> dict[str
     plot_contribution(summary, files["contribution_png"])
     log.info("report for sweep %s written to %s", summary.sweep, out_dir)
     return files
+
+
+def render_sweep(table: pd.DataFrame, sweep_dir: Path) -> tuple[list[Path], str, dict[str, float]]:
+    """Aggregate a results table and write its report into sweep_dir; returns (files, terminal text, summary
+    metrics). Works from a stored results.parquet, so `layersweep report` re-renders without rerunning."""
+    summary = summarize(table)
+    files = write_summary_report(summary, sweep_dir)
+    return list(files.values()), terminal_table(summary), summary_metrics(summary)

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from workers.spec import TrialSpec
+
+CONFIG_FILE = "config.yaml"
+"""The resolved sweep config, in the sweep directory."""
+PLAN_FILE = "plan.json"
+RESULTS_FILE = "results.parquet"
+TUNE_DIR = "tune"
+"""Ray Tune's experiment directory inside the sweep directory (what `layersweep resume` restores)."""
 
 
 def spec_from_config(config: dict[str, Any]) -> TrialSpec:
@@ -62,3 +70,20 @@ def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     table = table.sort_values(["kind", "layer", "seed"], na_position="first", ignore_index=True)
     table["layer"] = table["layer"].astype("Int64")
     return table
+
+
+def load_results(sweep_dir: Path) -> pd.DataFrame:
+    """A finished sweep's results table; a one-line error when the directory holds none."""
+    path = sweep_dir / RESULTS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist (is {sweep_dir} a finished sweep?)")
+    return pd.read_parquet(path)
+
+
+def sweep_exit_code(table: pd.DataFrame) -> int:
+    """0 when some training trial finished having learnt; 3 when training trials finished but none learnt
+    (as `layersweep trial` does for one); 1 when nothing finished."""
+    training = table[table["kind"] != "base"]
+    if (training["status"] == "done").any() or (training.empty and (table["status"] == "done").any()):
+        return 0
+    return 3 if (training["status"] == "no_learning").any() else 1

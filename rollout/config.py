@@ -6,7 +6,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from workers.config_base import Section
+from rollout.basics import Section
+from rollout.engine import SamplingSettings
 
 
 class VllmConfig(Section):
@@ -29,10 +30,11 @@ class SamplingConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(6, ge=1)
     """Longest completion; also Dr. GRPO's constant loss normaliser per sequence."""
-    truncated_is_cap: float | None = Field(None, gt=0)
-    """If set, weight each token's policy loss by min(pi_trainer_old / pi_engine, cap) to correct the
-    trainer/engine log-prob mismatch (truncated importance sampling). Off by default."""
     vllm: VllmConfig = VllmConfig()
+
+    def sampling_settings(self, seed: int | None, group_size: int | None = None) -> SamplingSettings:
+        """The engine call's settings: these decoding parameters with G = `group_size` (default `group_size`)."""
+        return SamplingSettings(group_size or self.group_size, self.max_new_tokens, self.temperature, self.top_p, seed)
 
 
 class ArithmeticConfig(Section):

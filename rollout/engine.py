@@ -13,6 +13,12 @@ from typing import Iterable, Protocol, Sequence
 import torch
 
 
+def derived_seed(seed: int | None, index: int) -> int | None:
+    """The seed of the `index`-th draw of a seeded sequence (a trial's steps, an episode's turns): a pure
+    function of (seed, index), so a resumed trial samples exactly what it would have sampled."""
+    return None if seed is None else (seed * 1_000_003 + index) % (2**63)
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
     """How to sample one group per prompt."""
@@ -71,6 +77,11 @@ class RolloutEngine(Protocol):
 
         Only the given tensors change. Returns {"sync_bytes": ..., "sync_seconds": ...}.
         """
+        ...
+
+    def sleep(self) -> None:
+        """Free what the engine holds on the accelerator while the trainer updates (vLLM sleep mode on GPU,
+        when `rollout.vllm.enable_sleep_mode`); a no-op otherwise. `update_weights` wakes it first."""
         ...
 
     def close(self) -> None:

@@ -118,6 +118,9 @@ class HFEngine:
             sent += tensor.numel() * tensor.element_size()
         return {"sync_bytes": float(sent), "sync_seconds": time.perf_counter() - start}
 
+    def sleep(self) -> None:
+        """Nothing to free: the engine generates with the trainer's own model."""
+
     def close(self) -> None:
         return None
 

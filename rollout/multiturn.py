@@ -21,7 +21,7 @@ from typing import Callable, Hashable, Iterator, NamedTuple, Sequence
 
 import torch
 
-from rollout.engine import RolloutBatch, RolloutEngine, SamplingSettings
+from rollout.engine import RolloutBatch, RolloutEngine, SamplingSettings, derived_seed
 from rollout.envs.base import TextEnv
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,16 @@ class MultiTurnSettings:
     greedy: bool = False
     """Act with the engine's greedy completion instead of sampling (evaluation). Greedy steps carry no
     token ids or log-probs: they are for scoring a policy, never for training on."""
+
+    @classmethod
+    def from_sampling(cls, sampling: SamplingSettings, max_turns: int, prompt: PromptFormat, greedy: bool = False) -> "MultiTurnSettings":
+        """Episodes whose every turn samples one action with `sampling`'s decoding (its group size is unused:
+        the G trajectories of a group are separate rows of each turn's call)."""
+        return cls(max_turns, prompt, sampling.max_new_tokens, sampling.temperature, sampling.top_p, sampling.seed, greedy)
+
+    def turn_sampling(self, turn: int) -> SamplingSettings:
+        """One action per prompt at turn `turn`, with a seed derived from (seed, turn)."""
+        return SamplingSettings(1, self.max_new_tokens, self.temperature, self.top_p, derived_seed(self.seed, turn))
 
 
 @dataclass(frozen=True)
@@ -99,10 +109,6 @@ class GroupRollout:
     trajectories: list[Trajectory]
 
 
-def _turn_seed(seed: int | None, turn: int) -> int | None:
-    return None if seed is None else (seed * 1_000_003 + turn) % (2**63)
-
-
 class TurnAction(NamedTuple):
     """What the engine produced for one trajectory in one turn; ids and log-probs are empty when greedy."""
 
@@ -116,14 +122,7 @@ def _act(engine: RolloutEngine, prompts: list[str], settings: MultiTurnSettings,
     """One completion per prompt: greedy text only, or sampled with the token ids and log-probs to train on."""
     if settings.greedy:
         return [TurnAction(text, (), (), ()) for text in engine.greedy(prompts, settings.max_new_tokens)]
-    sampling = SamplingSettings(
-        group_size=1,
-        max_new_tokens=settings.max_new_tokens,
-        temperature=settings.temperature,
-        top_p=settings.top_p,
-        seed=_turn_seed(settings.seed, turn),
-    )
-    batch = engine.generate(prompts, sampling)
+    batch = engine.generate(prompts, settings.turn_sampling(turn))
     if batch.num_rows != len(prompts):
         raise RuntimeError(f"engine returned {batch.num_rows} rows for {len(prompts)} prompts (group_size=1)")
     actions = []

@@ -5,30 +5,38 @@ import math
 import pytest
 import torch
 
-from workers.algorithms import ADVANTAGE_ESTIMATORS, LOSS_AGGREGATIONS, k3_kl, ppo_clip_token_loss
-from workers.algorithms.registry import Registry
+from rollout.basics import Registry
+from workers.algorithms import ALGORITHMS, LOSS_AGGREGATIONS, AdvantageOptions
+from workers.algorithms.advantages import TrajectoryGroup
+from workers.algorithms.losses import k3_kl, policy_token_loss, ppo_clip_token_loss, truncated_is_weight
+
+
+def outcome_advantages(name: str, rewards: list[float], group_size: int, eps: float = 1e-6) -> torch.Tensor:
+    """The registered estimator on single-turn groups of `group_size` completions."""
+    groups = [TrajectoryGroup.single_step(rewards[i : i + group_size]) for i in range(0, len(rewards), group_size)]
+    return ALGORITHMS.get(name).advantages(groups, AdvantageOptions(eps, 1.0, 0.0, "mean_std_norm", "mean_std_norm"))
 
 
 def test_grpo_advantage_hand_computed():
     # group [1, 0, 0, 1]: mean 0.5, unbiased std sqrt(1/3) = 0.57735
-    adv = ADVANTAGE_ESTIMATORS.get("grpo")(torch.tensor([1.0, 0.0, 0.0, 1.0]), 4, eps=0.0)
+    adv = outcome_advantages("grpo", [1.0, 0.0, 0.0, 1.0], 4, eps=0.0)
     expected = 0.5 / math.sqrt(1 / 3)
     assert torch.allclose(adv, torch.tensor([expected, -expected, -expected, expected]), atol=1e-6)
 
 
 def test_dr_grpo_advantage_has_no_std_division():
-    adv = ADVANTAGE_ESTIMATORS.get("dr_grpo")(torch.tensor([1.0, 0.0, 0.0, 0.0, 2.0, 2.0, 2.0, 4.0]), 4)
+    adv = outcome_advantages("dr_grpo", [1.0, 0.0, 0.0, 0.0, 2.0, 2.0, 2.0, 4.0], 4)
     assert torch.allclose(adv, torch.tensor([0.75, -0.25, -0.25, -0.25, -0.5, -0.5, -0.5, 1.5]))
 
 
 @pytest.mark.parametrize("name", ["grpo", "dr_grpo"])
 def test_equal_rewards_give_zero_advantage_not_nan(name):
-    adv = ADVANTAGE_ESTIMATORS.get(name)(torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0]), 3)
+    adv = outcome_advantages(name, [1.0, 1.0, 1.0, 0.0, 0.0, 0.0], 3)
     assert torch.equal(adv, torch.zeros(6))
     # equal rewards whose float32 mean is not exactly them (0.3 * 6 / 6 != 0.3): still exactly 0
     inexact = torch.full((6,), 0.3)
     assert inexact.mean() != inexact[0]
-    assert torch.equal(ADVANTAGE_ESTIMATORS.get(name)(inexact, 6), torch.zeros(6))
+    assert torch.equal(outcome_advantages(name, inexact.tolist(), 6), torch.zeros(6))
 
 
 def test_registry_rejects_duplicates_and_unknown_names():

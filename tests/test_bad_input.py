@@ -154,7 +154,7 @@ def test_a_sweep_checks_every_dataset_row_before_any_trial(env, tmp_path):
 def test_sweep_exit_codes():
     import pandas as pd
 
-    from orchestrator.cli_sweep import sweep_exit_code
+    from orchestrator.results import sweep_exit_code
 
     def table(*statuses):
         kinds = ["base", "full", "layers", "layers"][: len(statuses)]

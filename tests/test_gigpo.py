@@ -8,14 +8,12 @@ import torch
 
 from workers.algorithms.gigpo import (
     anchor_group_ids,
-    broadcast_to_tokens,
     discounted_returns,
     episode_advantages,
     gigpo_advantages,
-    group_relative,
     step_advantages,
-    trajectory_token_advantages,
 )
+from workers.algorithms.advantages import group_relative
 
 # Trajectory A visits state "a" twice (turns 0 and 2) and "b" at turn 1; B visits "a" at turn 0 and "b" at
 # turn 2 (same state, different turn). "c" and "d" are visited once: singleton step groups.
@@ -136,18 +134,3 @@ def test_explicit_episode_returns_and_validation():
 def test_empty_trajectories_do_not_crash():
     out = gigpo_advantages([[], []], [[], []], gamma=0.9, step_weight=1.0)
     assert out.combined_S.shape == (0,) and torch.equal(out.episode_G, torch.zeros(2))
-
-
-def test_broadcast_to_tokens_row_per_step():
-    adv = torch.tensor([2.0, -1.0])
-    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
-    assert torch.equal(broadcast_to_tokens(adv, mask), torch.tensor([[2.0, 2.0, 0.0], [-1.0, 0.0, 0.0]]))
-
-
-def test_trajectory_token_advantages_concatenated_sequence():
-    # one trajectory's sequence: [obs0 obs0 act0 act0 obs1 act1]
-    mask = torch.tensor([[0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 0, 1]])
-    got = trajectory_token_advantages(torch.tensor([0.5, -2.0]), mask)
-    assert torch.equal(got, torch.tensor([0.0, 0.0, 0.5, 0.5, 0.0, -2.0]))
-    with pytest.raises(ValueError, match="overlap"):
-        trajectory_token_advantages(torch.tensor([1.0, 1.0]), torch.tensor([[1, 1], [0, 1]]))

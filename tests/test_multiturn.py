@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Sequence
 import pytest
 import torch
 
-from workers.collect import env_row_advantages
+from workers.collect import trajectory_groups
 from workers.config import AlgorithmConfig, GigpoConfig
 
 from rollout.engine import RolloutBatch, RolloutEngine, SamplingSettings
@@ -21,13 +21,15 @@ from rollout.envs.demonstrations import demonstrations
 from rollout.envs.frozenlake import FrozenLakeTextEnv
 from rollout.envs.keydoor import KeyDoorEnv
 from rollout.multiturn import (
+    GroupRollout,
     MultiTurnSettings,
     PromptFormat,
+    StepRecord,
+    Trajectory,
     flatten_groups,
     rollout_groups,
     rollout_metrics,
 )
-from workers.algorithms.gigpo import gigpo_advantages
 
 EOS, PAD = 0, 1
 OPEN_LAKE = ["SFFF", "FFFF", "FFFF", "FFFG"]
@@ -200,18 +202,41 @@ def test_flatten_layout_matches_steps_and_advantages_match_gigpo():
     assert rows.turn_index_N.tolist() == [turn for size in sizes for turn in range(size)]
     assert rows.batch.group_index_N.tolist() == [g for g in (0, 1) for _ in range(sum(sizes[4 * g : 4 * g + 4]))]
 
-    adv_N = env_row_advantages(groups, AlgorithmConfig(name="gigpo", gigpo=GigpoConfig(gamma=0.9, step_weight=1.0)))
-    expected = [
-        gigpo_advantages(
-            [[s.reward for s in t.steps] for t in g.trajectories],
-            [[s.state_key for s in t.steps] for t in g.trajectories],
-            gamma=0.9,
-            step_weight=1.0,
-        ).combined_S
-        for g in groups
-    ]
-    assert torch.equal(adv_N, torch.cat(expected)) and adv_N.shape == (batch.num_rows,)
-    assert torch.isfinite(adv_N).all()
+    adv_N = row_advantages(groups, AlgorithmConfig(name="gigpo", gigpo=GigpoConfig(gamma=0.9, step_weight=1.0)))
+    assert adv_N.shape == (batch.num_rows,) and torch.isfinite(adv_N).all()
+
+
+def row_advantages(groups, algorithm: AlgorithmConfig) -> torch.Tensor:
+    return algorithm.entry.advantages(trajectory_groups(groups), algorithm.advantage_options)
+
+
+def _step(state_key, reward: float) -> StepRecord:
+    return StepRecord("p", (1,), "a", (2,), (-0.5,), state_key, "a", reward, False)
+
+
+def test_gigpo_row_advantages_hand_computed_in_row_order():
+    """Two groups, rows in flatten order (group, trajectory, turn). gamma 0.5, omega 1, mean_norm.
+
+    Group 0: A visits a, b, a, c with rewards 0, 0, 0, 1; B visits a, d, b with rewards 0.
+      A^E: returns 1 and 0, mean 0.5 -> A +0.5, B -0.5.
+      step returns: A [0.125, 0.25, 0.5, 1], B [0, 0, 0]; group a = {A0 .125, A2 .5, B0 0} (mean 5/24),
+      b = {A1 .25, B2 0} (mean .125), c and d singletons (0).
+    Group 1: two one-step trajectories from state s with rewards 1 and 0: A^E +-0.5, A^S +-0.5.
+    """
+    mean_a = 5 / 24
+    group0 = GroupRollout(0, [Trajectory([_step("a", 0), _step("b", 0), _step("a", 0), _step("c", 1)]),
+                              Trajectory([_step("a", 0), _step("d", 0), _step("b", 0)])])
+    group1 = GroupRollout(1, [Trajectory([_step("s", 1)]), Trajectory([_step("s", 0)])])
+    adv_N = row_advantages([group0, group1], AlgorithmConfig(
+        name="gigpo", gigpo=GigpoConfig(gamma=0.5, step_weight=1.0, episode_norm="mean_norm", step_norm="mean_norm")))
+    expected = [0.5 + 0.125 - mean_a, 0.5 + 0.125, 0.5 + 0.5 - mean_a, 0.5 + 0.0,
+                -0.5 - mean_a, -0.5 + 0.0, -0.5 - 0.125,
+                1.0, -1.0]
+    assert adv_N.tolist() == pytest.approx(expected, abs=1e-6)
+    # GRPO on the same rollouts: the episode advantage only, (R - mean) / std per group, on every step
+    grpo_N = row_advantages([group0, group1], AlgorithmConfig(name="grpo"))
+    episode = 0.5 / math.sqrt(0.5)  # returns [1, 0]: unbiased std sqrt(0.5)
+    assert grpo_N.tolist() == pytest.approx([episode] * 4 + [-episode] * 3 + [episode, -episode], abs=1e-5)
 
 
 def test_random_play_revisits_anchor_states():
@@ -220,7 +245,7 @@ def test_random_play_revisits_anchor_states():
     metrics = rollout_metrics(groups)
     assert metrics["anchored_step_fraction"] > 0.5
     assert 0 < metrics["invalid_action_rate"] < 1 and metrics["turns_mean"] > 1
-    assert (env_row_advantages(groups, AlgorithmConfig(name="gigpo", gigpo=GigpoConfig(gamma=0.95, step_weight=1.0))) != 0).any()
+    assert (row_advantages(groups, AlgorithmConfig(name="gigpo", gigpo=GigpoConfig(gamma=0.95, step_weight=1.0))) != 0).any()
 
 
 def test_demonstration_prompts_are_the_loops_prompts():

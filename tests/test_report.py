@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from orchestrator.aggregate import summarize
-from orchestrator.report import plot_contribution, progress_line, ranking_markdown, summary_metrics, terminal_table, write_report
+from orchestrator.report import plot_contribution, progress_line, ranking_markdown, render_sweep, summary_metrics, terminal_table, write_summary_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -26,9 +26,12 @@ def results(full: float = 0.6, statuses: dict[str, str] | None = None) -> pd.Dat
 def test_write_report_from_parquet_round_trip(tmp_path):
     path = tmp_path / "results.parquet"
     results().to_parquet(path, index=False)
-    files = write_report(pd.read_parquet(path), tmp_path / "out")
-    assert set(files) == {"ranking_md", "ranking_csv", "contribution_png"}
+    written, text, metrics = render_sweep(pd.read_parquet(path), tmp_path / "out")
+    files = dict(zip(["ranking_md", "ranking_csv", "contribution_png"], written))
+    assert [p.name for p in written] == ["ranking.md", "ranking.csv", "contribution.png"]
     assert all(p.exists() and p.stat().st_size > 0 for p in files.values())
+    assert text == terminal_table(summarize(pd.read_parquet(path)))
+    assert metrics == summary_metrics(summarize(pd.read_parquet(path)))
 
     csv = pd.read_csv(files["ranking_csv"])
     assert list(csv["layer"]) == [2, 0, 1, 3]
@@ -49,7 +52,7 @@ def test_png_is_valid(tmp_path):
 
 
 def test_unresolved_gain_report_says_so(tmp_path):
-    files = write_report(results(full=0.4), tmp_path)
+    files = write_summary_report(summarize(results(full=0.4)), tmp_path)
     md = files["ranking_md"].read_text()
     assert "S_full == S_base" in md
     csv = pd.read_csv(files["ranking_csv"])
@@ -60,7 +63,7 @@ def test_unresolved_gain_report_says_so(tmp_path):
 
 def test_report_without_any_finished_layer(tmp_path):
     statuses = {f"layer{i:02d}-s0": "failed" for i in range(4)}
-    files = write_report(results(statuses=statuses), tmp_path)
+    files = write_summary_report(summarize(results(statuses=statuses)), tmp_path)
     assert pd.read_csv(files["ranking_csv"]).empty
     assert "no finished layer trial" in files["ranking_md"].read_text()
     assert files["contribution_png"].read_bytes()[:8] == PNG_MAGIC

@@ -110,7 +110,7 @@ def test_reference_keeps_only_trainable_weights_and_restores(tiny_model):
     reference = ReferenceWeights(tiny_model, selection.parameter_names)
     assert set(reference.original) == set(selection.parameter_names)
     layer_bytes = sum(p.numel() * 4 for n, p in tiny_model.named_parameters() if n.startswith("model.layers.2."))
-    assert reference.num_bytes == layer_bytes
+    assert sum(t.numel() * t.element_size() for t in reference.original.values()) == layer_bytes
     weight = tiny_model.model.layers[2].mlp.up_proj.weight
     with torch.no_grad():
         weight.add_(1.0)
@@ -195,8 +195,8 @@ def test_truncated_importance_sampling_scales_the_policy_loss_by_the_capped_rati
 
     def pg_loss(cap):
         optimizer = torch.optim.SGD(params, lr=0.0)  # lr 0: weights stay put between the two calls
-        return policy_update(scorer, optimizer, params, UpdateBatch(inputs, adv, engine_logp), AlgorithmConfig(), 5, 1e9,
-                             truncated_is_cap=cap)["pg_loss"]
+        return policy_update(scorer, optimizer, params, UpdateBatch(inputs, adv, engine_logp),
+                             AlgorithmConfig(truncated_is_cap=cap), 5, 1e9)["pg_loss"]
 
     plain = pg_loss(None)
     assert plain == pytest.approx(-1.0, rel=1e-5)

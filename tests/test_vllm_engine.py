@@ -164,8 +164,9 @@ def test_sync_sends_only_layer_i_and_changes_only_layer_i(engine, hf_model, monk
         engine.update_weights(layer_1)
     assert {name for name, _ in layer_1} == set(sent_names[: len(layer_1)])
     assert all(name.startswith("model.layers.1.") for name in sent_names)
+    assert set(stats) == {"sync_bytes", "sync_seconds"}
     assert stats["sync_bytes"] == layer_bytes < full_bytes / 4
-    assert stats["sync_seconds"] > 0
+    assert torch.isfinite(torch.tensor(stats["sync_seconds"])) and stats["sync_seconds"] >= 0  # reported, not judged
     assert changed and all(name.startswith("model.layers.1.") for name in changed), changed
     assert checksums() == before
 
@@ -213,10 +214,10 @@ def test_rollout_batch_layout(engine, tokenizer):
     assert len(first_group) > 1, "the G samples of one prompt are identical"
 
 
-def test_sleep_and_wake_are_noops_on_cpu(engine):
+def test_sleep_and_wake_are_noops_on_cpu(engine, hf_model, tokenizer):
     engine.sleep()
     engine.wake()
-    assert engine.greedy_ids(PROMPTS[:1], 2)
+    assert engine.greedy_ids(PROMPTS, 4) == _hf_greedy_ids(hf_model, tokenizer, PROMPTS, 4)  # the same weights, still served
 
 
 def test_unsupported_cpu_head_size_fails_before_start(tokenizer, tmp_path):

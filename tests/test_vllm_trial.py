@@ -19,7 +19,7 @@ VLLM_TINY = {"rollout.engine": "vllm", "model.embedded.hidden_size": 64, "model.
              "budget.steps": 3, "rollout.vllm.kv_cache_gib": 0.25}
 
 
-def test_vllm_trial_syncs_one_layer_and_matches_the_trainer(tiny_config_path):
+def test_vllm_trial_syncs_one_layer_and_matches_the_trainer(tiny_config_path, monkeypatch):
     from rollout.vllm_engine import VllmEngine
     from workers.trial import LayerTrial
 
@@ -37,6 +37,13 @@ def test_vllm_trial_syncs_one_layer_and_matches_the_trainer(tiny_config_path):
         assert changed and all(n.startswith("model.layers.1.") for n in changed)
         prompts = [e.prompt for e in trial.task.eval_examples()[:16]]
         assert trial.engine.greedy(prompts, 4) == HFEngine(trial.model, trial.tokenizer).greedy(prompts, 4)
-        assert 0.0 <= trial.evaluate()["score"] <= 1.0
+        eval_examples = list(trial.task.eval_examples())  # eval.num_prompts unset: all 32, in one greedy batch
+        real_greedy = trial.engine.greedy
+        planted = {e.prompt: e.answer for e in eval_examples[::4]}  # the tiny model solves ~none: 8 answered right here
+        monkeypatch.setattr(trial.engine, "greedy", lambda ps, n: [planted.get(p, c) for p, c in zip(ps, real_greedy(ps, n))])
+        completions = real_greedy([e.prompt for e in eval_examples], cfg.rollout.max_new_tokens)
+        solved = sum(e.prompt in planted or c.strip() == e.answer for c, e in zip(completions, eval_examples))  # exact digits
+        result = trial.evaluate()
+        assert result["eval_size"] == len(eval_examples) == 32 and solved >= 8 and result["score"] == solved / 32
     finally:
         trial.close()

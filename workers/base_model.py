@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import shutil
 import time
 from pathlib import Path
@@ -23,9 +22,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers import Qwen2ForCausalLM
 
 from rollout.errors import first_line
-from rollout.tasks.base import TaskExample
+from rollout.hf_engine import HFEngine
+from rollout.tasks.base import TaskExample, is_multi_turn
+from rollout.tasks.registry import build_task, task_fingerprint
 from workers.cache import exclusive
-from workers.config import EmbeddedModelConfig, ModelConfig, cache_root
+from workers.config import EmbeddedModelConfig, ModelConfig, TrialConfig, cache_root
+from workers.evaluate import greedy_accuracy
+from workers.gguf_model import ensure_gguf_model, is_gguf_source
 from workers.tokenizer import build_tokenizer, save_tokenizer
 
 log = logging.getLogger(__name__)
@@ -175,6 +178,40 @@ def check_pretrained_source(source: str) -> Path | str:
     return source
 
 
+PRETRAIN_EVAL_PROMPTS = 200
+
+
+def resolve_model_dir(cfg: TrialConfig) -> Path | str:
+    """The embedded model's cache dir (built on first use), a GGUF file's converted HF dir (converted on first
+    use), or the configured HF dir / hub id."""
+    if is_gguf_source(cfg.model.source):
+        return ensure_gguf_model(cfg.model.source, cache_root(cfg.model))
+    if cfg.model.source != "embedded":
+        return check_pretrained_source(cfg.model.source)
+    task = build_task(cfg.task, build_tokenizer())
+
+    def pairs() -> list[tuple[str, str]]:
+        return task.pretrain_pairs() if is_multi_turn(task) else examples_to_pairs(task.train_examples())
+
+    def accuracy_factory(tokenizer: PreTrainedTokenizerBase) -> Callable[[PreTrainedModel], float]:
+        if is_multi_turn(task):
+            seeds = task.eval_seeds[:PRETRAIN_EVAL_PROMPTS]
+            return lambda model: task.eval_success(HFEngine(model, tokenizer), cfg.rollout, task.cfg.eval_decoding, seeds)
+        examples = list(task.eval_examples())[:PRETRAIN_EVAL_PROMPTS]
+        return lambda model: greedy_accuracy(HFEngine(model, tokenizer), task, examples, cfg.rollout.max_new_tokens, cfg.eval.batch_size)
+
+    fingerprint = task_fingerprint(task)
+    if is_multi_turn(task):  # the pre-training stop is judged by playing episodes with these sampling settings
+        fingerprint += f"|{cfg.rollout.max_new_tokens}|{cfg.rollout.temperature}|{cfg.rollout.top_p}"
+    return ensure_embedded_model(cfg.model, fingerprint, pairs, accuracy_factory)
+
+
+def check_task_loads(cfg: TrialConfig, model_dir: Path | str) -> None:
+    """Build the task once with the model's own tokenizer, so bad data (a missing field, an empty split, an
+    unreadable file) is a one-line error before any trial starts rather than in every trial."""
+    build_task(cfg.task, AutoTokenizer.from_pretrained(str(model_dir)))
+
+
 def load_model_and_tokenizer(path_or_id: str | Path, dtype: str = "float32") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     torch_dtype = getattr(torch, dtype)
     try:
@@ -192,6 +229,3 @@ def load_model_and_tokenizer(path_or_id: str | Path, dtype: str = "float32") -> 
 def examples_to_pairs(examples: Sequence[TaskExample]) -> list[tuple[str, str]]:
     return [(example.prompt, example.answer) for example in examples]
 
-
-def approx_param_count(model: PreTrainedModel) -> int:
-    return sum(math.prod(p.shape) for p in model.parameters())

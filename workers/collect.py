@@ -12,13 +12,12 @@ from typing import Any, Protocol, Sequence
 import torch
 
 from rollout.config import SamplingConfig
-from rollout.engine import RolloutEngine, SamplingSettings
+from rollout.engine import RolloutEngine, derived_seed
 from rollout.multiturn import GroupRollout, flatten_groups, rollout_groups, rollout_metrics
-from rollout.tasks.base import Task, TaskExample, reward_meta
+from rollout.tasks.base import MultiTurnTask, Task, TaskExample, is_multi_turn, reward_meta
 from rollout.tasks.plugin import reward_plugin_of
-from workers.algorithms import ADVANTAGE_ESTIMATORS
-from workers.algorithms.gigpo import gigpo_advantages
-from workers.config import AlgorithmConfig
+from workers.algorithms.advantages import TrajectoryGroup
+from workers.config import AlgorithmConfig, TrialConfig
 from workers.evaluate import greedy_accuracy, pass_at_k
 from workers.policy import ScoringInputs
 from workers.update import NonFiniteLossError, UpdateBatch
@@ -34,11 +33,6 @@ class Collector(Protocol):
     def collect(self, step: int, seed: int) -> Collected: ...
 
     def evaluate(self, engine: RolloutEngine) -> dict[str, float]: ...
-
-
-def step_seed(seed: int, step: int) -> int:
-    """Rollout seed of a step: a pure function of (trial seed, step), so a resumed trial samples identically."""
-    return seed * 1_000_003 + step
 
 
 def shuffled(items: Sequence[Any], data_seed: int) -> list[Any]:
@@ -61,15 +55,12 @@ class SingleTurnCollector:
         self.data_order = shuffled(list(task.train_examples()), data_seed)
         self.eval_examples = list(eval_examples)
         self.eval_batch_size, self.pass_k = eval_batch_size, pass_k
-        self.estimator = ADVANTAGE_ESTIMATORS.get("dr_grpo" if algorithm.name == "dr_grpo" else "grpo")
         self.plugin = reward_plugin_of(task)
         """The `task.reward` plugin, whose raised calls are counted per step and can end the trial."""
 
     def collect(self, step: int, seed: int) -> Collected:
         examples = step_window(self.data_order, step, self.prompts_per_step)
-        settings = SamplingSettings(self.sampling.group_size, self.sampling.max_new_tokens, self.sampling.temperature,
-                                    self.sampling.top_p, seed=step_seed(seed, step))
-        batch = self.engine.generate([e.prompt for e in examples], settings)
+        batch = self.engine.generate([e.prompt for e in examples], self.sampling.sampling_settings(derived_seed(seed, step)))
         failed_before = self.plugin.failures.failed if self.plugin is not None else 0
         grouped = [examples[int(i)] for i in batch.group_index_N]
         try:
@@ -81,7 +72,9 @@ class SingleTurnCollector:
         rewards_N = torch.tensor(rewards, dtype=torch.float32)
         if rewards_N.shape != (batch.num_rows,) or not torch.isfinite(rewards_N).all():
             raise NonFiniteLossError(f"step {step + 1}: reward function returned a non-finite value or the wrong count")
-        adv_N = self.estimator(rewards_N, self.sampling.group_size, self.algorithm.adv_eps)
+        group_size = self.sampling.group_size
+        groups = [TrajectoryGroup.single_step(rewards[start : start + group_size]) for start in range(0, len(rewards), group_size)]
+        adv_N = self.algorithm.entry.advantages(groups, self.algorithm.advantage_options)
         correct = [float(self.task.is_correct(c, e)) for c, e in zip(batch.completions_text, grouped)]
         metrics = {
             "reward_mean": float(rewards_N.mean()),
@@ -103,30 +96,17 @@ class SingleTurnCollector:
         return result
 
 
-def env_row_advantages(groups: Sequence[GroupRollout], algorithm: AlgorithmConfig) -> torch.Tensor:
-    """(N,) per-row advantages in `flatten_groups` order.
-
-    GiGPO: A^E + omega * A^S. GRPO / Dr. GRPO on an environment: episode level only (omega = 0), with GRPO's
-    std normalisation or Dr. GRPO's mean-only centring.
-    """
-    if algorithm.name == "gigpo":
-        episode_norm, step_norm, weight = algorithm.gigpo.episode_norm, algorithm.gigpo.step_norm, algorithm.gigpo.step_weight
-    else:
-        episode_norm = "mean_norm" if algorithm.name == "dr_grpo" else "mean_std_norm"
-        step_norm, weight = "mean_norm", 0.0
-    per_group = [
-        gigpo_advantages(
-            [[s.reward for s in t.steps] for t in group.trajectories],
-            [[s.state_key for s in t.steps] for t in group.trajectories],
-            gamma=algorithm.gigpo.gamma, step_weight=weight, episode_norm=episode_norm, step_norm=step_norm, eps=algorithm.adv_eps,
-        ).combined_S
+def trajectory_groups(groups: Sequence[GroupRollout]) -> list[TrajectoryGroup]:
+    """What advantage estimators read of environment rollouts: per-step rewards and state keys."""
+    return [
+        TrajectoryGroup([[s.reward for s in t.steps] for t in group.trajectories],
+                        [[s.state_key for s in t.steps] for t in group.trajectories])
         for group in groups
     ]
-    return torch.cat(per_group) if per_group else torch.zeros(0)
 
 
 class MultiTurnCollector:
-    def __init__(self, task: Any, engine: RolloutEngine, sampling: SamplingConfig, algorithm: AlgorithmConfig,
+    def __init__(self, task: MultiTurnTask, engine: RolloutEngine, sampling: SamplingConfig, algorithm: AlgorithmConfig,
                  groups_per_step: int, pad_token_id: int, data_seed: int) -> None:
         self.task, self.engine, self.sampling, self.algorithm = task, engine, sampling, algorithm
         self.groups_per_step = groups_per_step
@@ -135,10 +115,10 @@ class MultiTurnCollector:
 
     def collect(self, step: int, seed: int) -> Collected:
         seeds = step_window(self.seed_order, step, self.groups_per_step)
-        settings = self.task.settings(self.sampling.max_new_tokens, self.sampling.temperature, self.sampling.top_p, step_seed(seed, step))
+        settings = self.task.settings(self.sampling, derived_seed(seed, step))
         groups = rollout_groups(self.engine, self.task.env_factory(), seeds, self.sampling.group_size, settings)
         rows = flatten_groups(groups, self.pad_token_id, completion_width=self.sampling.max_new_tokens)
-        adv_N = env_row_advantages(groups, self.algorithm)
+        adv_N = self.algorithm.entry.advantages(trajectory_groups(groups), self.algorithm.advantage_options)
         stats = rollout_metrics(groups)
         metrics = {
             "reward_mean": stats["return_mean"],
@@ -154,19 +134,20 @@ class MultiTurnCollector:
     def evaluate(self, engine: RolloutEngine) -> dict[str, float]:
         """`score` is the success rate under the configured decoding; both greedy and sampled rates are reported."""
         rates = {
-            decoding: self.task.eval_success(engine, self.sampling.max_new_tokens, self.sampling.temperature,
-                                             self.sampling.top_p, decoding)
+            decoding: self.task.eval_success(engine, self.sampling, decoding)
             for decoding in ("greedy", "sample")
         }
         return {"score": rates[self.task.cfg.eval_decoding], "success_greedy": rates["greedy"],
                 "success_sampled": rates["sample"], "eval_size": float(len(self.task.eval_seeds))}
 
 
-def build_collector(task: Any, engine: RolloutEngine, cfg: Any, eval_examples: Sequence[TaskExample], pad_token_id: int) -> Collector:
-    """`cfg` is a TrialConfig; multi-turn when the task provides environments."""
-    if hasattr(task, "env_factory"):
+def build_collector(task: Task | MultiTurnTask, engine: RolloutEngine, cfg: TrialConfig,
+                    eval_examples: Sequence[TaskExample], pad_token_id: int) -> Collector:
+    """The multi-turn collector for a task played in environments, else the single-turn one."""
+    if is_multi_turn(task):
         return MultiTurnCollector(task, engine, cfg.rollout, cfg.algorithm, cfg.budget.prompts_per_step, pad_token_id, cfg.seed)
-    if cfg.algorithm.name == "gigpo":
-        raise ValueError("algorithm.name='gigpo' needs a multi-turn task (task.kind='agentic')")
+    if cfg.algorithm.entry.needs_environment:
+        raise ValueError(f"algorithm.name={cfg.algorithm.name!r} needs a multi-turn task (task.kind='agentic'), "
+                         f"not task.kind={cfg.task.kind!r}")
     return SingleTurnCollector(task, engine, cfg.rollout, cfg.algorithm, cfg.budget.prompts_per_step, eval_examples,
                                cfg.eval.batch_size, cfg.eval.pass_k, cfg.seed)

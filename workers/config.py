@@ -9,10 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from rollout.basics import Section
 from rollout.config import SamplingConfig, TaskConfig
-from workers.config_base import Section
+from workers.algorithms import ALGORITHMS, LOSS_AGGREGATIONS, AdvantageOptions, Algorithm
+from workers.algorithms.advantages import Norm
 
 
 class EmbeddedModelConfig(Section):
@@ -60,30 +62,53 @@ class GigpoConfig(Section):
     """omega: weight of the step-level (anchor-state) advantage added to the episode advantage."""
     gamma: float = Field(0.95, ge=0, le=1)
     """Discount for step returns."""
-    episode_norm: Literal["mean_norm", "mean_std_norm"] = "mean_std_norm"
-    step_norm: Literal["mean_norm", "mean_std_norm"] = "mean_std_norm"
+    episode_norm: Norm = "mean_std_norm"
+    step_norm: Norm = "mean_std_norm"
 
 
 class AlgorithmConfig(Section):
-    name: Literal["grpo", "dr_grpo", "gigpo"] = "grpo"
+    name: str = "grpo"
+    """A registered algorithm (workers.algorithms.ALGORITHMS); built in: grpo, dr_grpo, gigpo."""
     clip_eps_low: float = Field(0.2, gt=0, lt=1)
     clip_eps_high: float = Field(0.2, gt=0)
     """Asymmetric PPO clip range [1 - eps_low, 1 + eps_high] (DAPO's clip-higher when eps_high > eps_low)."""
     kl_beta: float = Field(0.0, ge=0)
     """Weight of the k3 KL(pi || pi_ref) penalty; 0 disables it (Dr. GRPO's recipe)."""
-    loss_aggregation: Literal["token-mean", "seq-mean-token-mean", "constant-normalizer"] | None = None
-    """How token losses become one scalar; default token-mean for GRPO, constant-normalizer for Dr. GRPO."""
+    loss_aggregation: str | None = None
+    """How token losses become one scalar (workers.algorithms.LOSS_AGGREGATIONS: token-mean,
+    seq-mean-token-mean, constant-normalizer); default: the algorithm's own (constant-normalizer for Dr. GRPO,
+    token-mean otherwise)."""
+    truncated_is_cap: float | None = Field(None, gt=0)
+    """If set, weight each token's policy loss by min(pi_trainer_old / pi_engine, cap) to correct the
+    trainer/engine log-prob mismatch (truncated importance sampling). Off by default."""
     ppo_epochs: int = Field(1, ge=1)
     micro_batch_size: int = Field(64, ge=1)
     """Rows per forward/backward; the loss does not depend on it (sums are normalised once per batch)."""
     adv_eps: float = Field(1e-6, gt=0)
     gigpo: GigpoConfig = GigpoConfig()
 
+    @field_validator("name")
+    @classmethod
+    def _registered_algorithm(cls, name: str) -> str:
+        return ALGORITHMS.check(name)
+
+    @field_validator("loss_aggregation")
+    @classmethod
+    def _registered_aggregation(cls, name: str | None) -> str | None:
+        return None if name is None else LOSS_AGGREGATIONS.check(name)
+
+    @property
+    def entry(self) -> Algorithm:
+        return ALGORITHMS.get(self.name)
+
     @property
     def aggregation(self) -> str:
-        if self.loss_aggregation is not None:
-            return self.loss_aggregation
-        return "constant-normalizer" if self.name == "dr_grpo" else "token-mean"
+        return self.loss_aggregation or self.entry.default_aggregation
+
+    @property
+    def advantage_options(self) -> AdvantageOptions:
+        gigpo = self.gigpo
+        return AdvantageOptions(self.adv_eps, gigpo.gamma, gigpo.step_weight, gigpo.episode_norm, gigpo.step_norm)
 
 
 class OptimConfig(Section):

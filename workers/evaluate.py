@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from rollout.config import SamplingConfig
-from rollout.engine import RolloutEngine, SamplingSettings
+from rollout.engine import RolloutEngine
 from rollout.tasks.base import Task, TaskExample
 
 
@@ -20,8 +20,7 @@ def greedy_accuracy(engine: RolloutEngine, task: Task, examples: Sequence[TaskEx
 
 def pass_at_k(engine: RolloutEngine, task: Task, examples: Sequence[TaskExample], k: int, sampling: SamplingConfig, seed: int) -> float:
     """Share of examples with at least one correct answer among k samples (the unbiased estimator with n = k)."""
-    settings = SamplingSettings(group_size=k, max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature, top_p=sampling.top_p, seed=seed)
-    batch = engine.generate([e.prompt for e in examples], settings)
+    batch = engine.generate([e.prompt for e in examples], sampling.sampling_settings(seed, group_size=k))
     solved = [False] * len(examples)
     for index, completion in zip(batch.group_index_N.tolist(), batch.completions_text):
         solved[index] = solved[index] or task.is_correct(completion, examples[index])

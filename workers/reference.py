@@ -19,10 +19,6 @@ class ReferenceWeights:
         params = dict(model.named_parameters())
         self.original = {name: params[name].detach().clone() for name in parameter_names}
 
-    @property
-    def num_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.original.values())
-
     @contextmanager
     @torch.no_grad()
     def active(self, model: nn.Module) -> Iterator[None]:

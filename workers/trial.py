@@ -1,13 +1,12 @@
 """One trial: RL with a chosen trainable set, in coarse steps (setup / train_step / evaluate / state I/O).
 
-The same object backs the `layersweep trial` command and the Ray Tune trainable, so a sweep trial and a
-hand-run trial execute identical code. Every trial of a sweep shares model, data order, rollout seeds and
-budget; only the trainable set differs.
+workers.runner.TrialRunner drives it for both the `layersweep trial` command and the Ray Tune trainable, so
+a sweep trial and a hand-run trial execute identical code. Every trial of a sweep shares model, data order,
+rollout seeds and budget; only the trainable set differs.
 """
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 from pathlib import Path
@@ -18,61 +17,17 @@ import torch
 
 from rollout.engine import RolloutEngine
 from rollout.factory import build_engine
-from rollout.hf_engine import HFEngine
-from rollout.tasks.base import Task
-from rollout.tasks.registry import build_task, task_fingerprint
-from workers.base_model import check_pretrained_source, ensure_embedded_model, examples_to_pairs, load_model_and_tokenizer
+from rollout.tasks.base import MultiTurnTask, Task, is_multi_turn
+from rollout.tasks.registry import build_task
+from workers.base_model import load_model_and_tokenizer, resolve_model_dir
 from workers.checkpoint import rng_state, set_rng_state, tensors_checksum
 from workers.collect import build_collector
-from workers.config import TrialConfig, cache_root
-from workers.evaluate import greedy_accuracy
-from workers.gguf_model import ensure_gguf_model, is_gguf_source
+from workers.config import TrialConfig
 from workers.policy import PolicyScorer
 from workers.reference import ReferenceWeights
 from workers.spec import TrialSpec
 from workers.trainable import select_trainable
 from workers.update import NonFiniteLossError, policy_update
-
-log = logging.getLogger(__name__)
-
-PRETRAIN_EVAL_PROMPTS = 200
-
-
-def resolve_model_dir(cfg: TrialConfig) -> Path | str:
-    """The embedded model's cache dir (built on first use), a GGUF file's converted HF dir (converted on first
-    use), or the configured HF dir / hub id."""
-    if is_gguf_source(cfg.model.source):
-        return ensure_gguf_model(cfg.model.source, cache_root(cfg.model))
-    if cfg.model.source != "embedded":
-        return check_pretrained_source(cfg.model.source)
-    from workers.tokenizer import build_tokenizer
-
-    task = build_task(cfg.task, build_tokenizer())
-    multi_turn = hasattr(task, "env_factory")
-
-    def pairs() -> list[tuple[str, str]]:
-        return task.pretrain_pairs() if multi_turn else examples_to_pairs(task.train_examples())
-
-    def accuracy_factory(tokenizer):
-        if multi_turn:
-            seeds = task.eval_seeds[:PRETRAIN_EVAL_PROMPTS]
-            return lambda model: task.eval_success(HFEngine(model, tokenizer), cfg.rollout.max_new_tokens, cfg.rollout.temperature,
-                                                   cfg.rollout.top_p, task.cfg.eval_decoding, seeds)
-        examples = list(task.eval_examples())[:PRETRAIN_EVAL_PROMPTS]
-        return lambda model: greedy_accuracy(HFEngine(model, tokenizer), task, examples, cfg.rollout.max_new_tokens, cfg.eval.batch_size)
-
-    fingerprint = task_fingerprint(task)
-    if multi_turn:  # the pre-training stop is judged by playing episodes with these sampling settings
-        fingerprint += f"|{cfg.rollout.max_new_tokens}|{cfg.rollout.temperature}|{cfg.rollout.top_p}"
-    return ensure_embedded_model(cfg.model, fingerprint, pairs, accuracy_factory)
-
-
-def check_task_loads(cfg: TrialConfig, model_dir: Path | str) -> None:
-    """Build the task once with the model's own tokenizer, so bad data (a missing field, an empty split, an
-    unreadable file) is a one-line error before any trial starts rather than in every trial."""
-    from transformers import AutoTokenizer
-
-    build_task(cfg.task, AutoTokenizer.from_pretrained(str(model_dir)))
 
 
 class LayerTrial:
@@ -87,7 +42,7 @@ class LayerTrial:
         torch.set_num_threads(cfg.num_threads or num_threads or torch.get_num_threads())
         self.model_dir = resolve_model_dir(cfg)
         self.model, self.tokenizer = load_model_and_tokenizer(self.model_dir, cfg.model.dtype)
-        self.task: Task = build_task(cfg.task, self.tokenizer)
+        self.task: Task | MultiTurnTask = build_task(cfg.task, self.tokenizer)
         self.selection = select_trainable(self.model, self.spec)
         params = dict(self.model.named_parameters())
         self.trainable = {name: params[name] for name in self.selection.parameter_names}
@@ -102,7 +57,7 @@ class LayerTrial:
         self.reference = ReferenceWeights(self.model, self.selection.parameter_names) if cfg.algorithm.kl_beta > 0 else None
         self.scorer = PolicyScorer(self.model, self.selection.layout, self.selection.lowest_layer, cfg.rollout.temperature)
         self.engine: RolloutEngine = build_engine(cfg.rollout, self.model, self.tokenizer, Path(self.model_dir), self.cfg.seed)
-        eval_examples = [] if hasattr(self.task, "env_factory") else list(self.task.eval_examples())
+        eval_examples = [] if is_multi_turn(self.task) else list(self.task.eval_examples())
         if cfg.eval.num_prompts:
             eval_examples = eval_examples[: cfg.eval.num_prompts]
         self.collector = build_collector(self.task, self.engine, cfg, eval_examples, self.tokenizer.pad_token_id)
@@ -128,6 +83,7 @@ class LayerTrial:
         collected = self.collector.collect(self.step, cfg.seed)
         rollout_seconds = time.perf_counter() - started
         update_started = time.perf_counter()
+        self.engine.sleep()  # frees the engine's GPU memory for the update when configured; update_weights wakes it
         try:
             stats = policy_update(
                 self.scorer,
@@ -138,7 +94,6 @@ class LayerTrial:
                 cfg.rollout.max_new_tokens,
                 cfg.optim.max_grad_norm,
                 self.reference,
-                cfg.rollout.truncated_is_cap,
             )
         except NonFiniteLossError as error:
             raise NonFiniteLossError(f"step {self.step + 1}: {error}; trial stopped, earlier steps are kept") from None

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from workers.algorithms import LOSS_AGGREGATIONS, k3_kl, ppo_clip_token_loss
+from workers.algorithms.losses import LOSS_AGGREGATIONS, policy_token_loss, truncated_is_weight
 from workers.config import AlgorithmConfig
 from workers.policy import PolicyScorer, ScoringInputs
 from workers.reference import ReferenceWeights
@@ -42,7 +42,6 @@ def policy_update(
     max_new_tokens: int,
     max_grad_norm: float,
     reference: ReferenceWeights | None = None,
-    truncated_is_cap: float | None = None,
 ) -> dict[str, float]:
     aggregation = LOSS_AGGREGATIONS.get(algorithm.aggregation)
     mask_NT = batch.inputs.completion_mask_NT.float()
@@ -52,6 +51,7 @@ def policy_update(
     prefixes = [scorer.prefix(inputs) for inputs in micro]
 
     with torch.no_grad():
+        truncated_is_cap = algorithm.truncated_is_cap
         needs_old = algorithm.ppo_epochs > 1 or truncated_is_cap is not None
         old_logps = [scorer.token_logp(i, p)[0] for i, p in zip(micro, prefixes)] if needs_old else None
         ref_logps = None
@@ -69,18 +69,15 @@ def policy_update(
             logp_NT, entropy_NT = scorer.token_logp(inputs, prefix, with_entropy=first_epoch)
             old_NT = old_logps[index] if old_logps is not None else logp_NT.detach()
             mb_mask_NT = mask_NT[rows]
-            pg_NT, clipped_NT = ppo_clip_token_loss(
-                logp_NT, old_NT, batch.adv_N[rows], algorithm.clip_eps_low, algorithm.clip_eps_high
-            )
+            is_weight_NT = None
             if truncated_is_cap is not None:
-                is_weight_NT = torch.exp(old_NT - batch.sample_logp_NT[rows]).clamp(max=truncated_is_cap)
-                pg_NT = pg_NT * is_weight_NT
-            loss_NT = pg_NT
-            if ref_logps is not None:
-                kl_NT = k3_kl(logp_NT, ref_logps[index])
-                loss_NT = loss_NT + algorithm.kl_beta * kl_NT
-                if first_epoch:
-                    totals["kl"] += float((kl_NT.detach() * mb_mask_NT).sum()) / num_tokens
+                is_weight_NT = truncated_is_weight(old_NT, batch.sample_logp_NT[rows], truncated_is_cap)
+            loss_NT, pg_NT, kl_NT, clipped_NT = policy_token_loss(
+                logp_NT, old_NT, batch.adv_N[rows], algorithm.clip_eps_low, algorithm.clip_eps_high,
+                is_weight_NT, ref_logps[index] if ref_logps is not None else None, algorithm.kl_beta,
+            )
+            if kl_NT is not None and first_epoch:
+                totals["kl"] += float((kl_NT.detach() * mb_mask_NT).sum()) / num_tokens
             loss = aggregation.numerator(loss_NT, mb_mask_NT) / denominator
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"loss is {float(loss)} (epoch {epoch}, rows {rows.start}-{rows.stop - 1})")

@@ -8,7 +8,7 @@ from rollout.envs.base import TextEnv
 from rollout.envs.frozenlake import FrozenLakeTextEnv
 from rollout.envs.keydoor import KeyDoorEnv
 from rollout.envs.sokoban import SokobanEnv
-from workers.algorithms.registry import Registry
+from rollout.basics import Registry
 
 EnvBuilder = Callable[..., TextEnv]
 _ENVS: Registry[EnvBuilder] = Registry("environment")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, Literal, Sequence
 
-from rollout.config import AgenticConfig
+from rollout.config import AgenticConfig, SamplingConfig
 from rollout.engine import RolloutEngine
 from rollout.envs.base import TextEnv
 from rollout.envs.demonstrations import demonstrations, training_pairs
@@ -47,18 +47,15 @@ class AgenticTask:
     def env_factory(self) -> Callable[[], TextEnv]:
         return lambda: make_env(self.cfg.env, **self.cfg.options)
 
-    def settings(self, max_new_tokens: int, temperature: float, top_p: float, seed: int | None,
-                 greedy: bool = False) -> MultiTurnSettings:
-        return MultiTurnSettings(
-            max_turns=self.cfg.max_turns, prompt=self.prompt_format, max_new_tokens=max_new_tokens,
-            temperature=temperature, top_p=top_p, seed=seed, greedy=greedy,
-        )
+    def settings(self, sampling: SamplingConfig, seed: int | None, greedy: bool = False) -> MultiTurnSettings:
+        """This task's episodes, acting with `sampling`'s decoding and seeded by `seed`."""
+        return MultiTurnSettings.from_sampling(sampling.sampling_settings(seed), self.cfg.max_turns, self.prompt_format, greedy)
 
-    def eval_success(self, engine: RolloutEngine, max_new_tokens: int, temperature: float, top_p: float,
-                     decoding: Literal["greedy", "sample"], seeds: Sequence[int] | None = None) -> float:
+    def eval_success(self, engine: RolloutEngine, sampling: SamplingConfig, decoding: Literal["greedy", "sample"],
+                     seeds: Sequence[int] | None = None) -> float:
         """Held-out success rate with `decoding` ("greedy" | "sample"), on `seeds` (default: all eval seeds)."""
         greedy = decoding == "greedy"
-        settings = self.settings(max_new_tokens, temperature, top_p, EVAL_SAMPLING_SEED, greedy)
+        settings = self.settings(sampling, EVAL_SAMPLING_SEED, greedy)
         episodes = 1 if greedy else self.cfg.eval_episodes_per_seed
         return env_success(engine, self.env_factory(), self.eval_seeds if seeds is None else seeds, settings, episodes)
 

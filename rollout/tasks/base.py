@@ -8,7 +8,13 @@ built-in rewards interchangeable.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Protocol, Sequence, TypeGuard, runtime_checkable
+
+if TYPE_CHECKING:
+    from rollout.config import AgenticConfig, SamplingConfig
+    from rollout.engine import RolloutEngine
+    from rollout.envs.base import TextEnv
+    from rollout.multiturn import MultiTurnSettings
 
 RewardFn = Callable[..., list[float]]
 """`reward(prompts: list[str], completions: list[str], **meta: list) -> list[float]`."""
@@ -38,6 +44,33 @@ class Task(Protocol):
     def is_correct(self, completion: str, example: TaskExample) -> bool:
         """Strict correctness used for evaluation accuracy (no format bonus)."""
         ...
+
+
+@runtime_checkable
+class MultiTurnTask(Protocol):
+    """A task played in an environment: episodes from seeds instead of prompts, rewards from the environment.
+
+    The trial collects and evaluates it with the multi-turn collector; algorithms that need per-step
+    credit (GiGPO) only run on such tasks."""
+
+    name: str
+    cfg: "AgenticConfig"
+    train_seeds: list[int]
+    eval_seeds: list[int]
+
+    def env_factory(self) -> Callable[[], "TextEnv"]: ...
+
+    def settings(self, sampling: "SamplingConfig", seed: int | None, greedy: bool = False) -> "MultiTurnSettings": ...
+
+    def eval_success(self, engine: "RolloutEngine", sampling: "SamplingConfig", decoding: Literal["greedy", "sample"],
+                     seeds: Sequence[int] | None = None) -> float: ...
+
+    def pretrain_pairs(self) -> list[tuple[str, str]]: ...
+
+
+def is_multi_turn(task: "Task | MultiTurnTask") -> TypeGuard[MultiTurnTask]:
+    """Whether the task is played in an environment (the one test every caller uses, instead of attribute probes)."""
+    return isinstance(task, MultiTurnTask)
 
 
 def reward_meta(examples: Sequence[TaskExample]) -> dict[str, list[Any]]:

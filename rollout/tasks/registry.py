@@ -10,10 +10,10 @@ from transformers import PreTrainedTokenizerBase
 
 from rollout.config import TaskConfig
 from rollout.tasks.arithmetic import ArithmeticTask
-from rollout.tasks.base import Task
-from workers.algorithms.registry import Registry
+from rollout.tasks.base import MultiTurnTask, Task, is_multi_turn
+from rollout.basics import Registry
 
-TaskBuilder = Callable[[TaskConfig, PreTrainedTokenizerBase], Task]
+TaskBuilder = Callable[[TaskConfig, PreTrainedTokenizerBase], "Task | MultiTurnTask"]
 _BUILDERS: Registry[TaskBuilder] = Registry("task kind")
 register_task = _BUILDERS.register
 
@@ -38,13 +38,13 @@ def _code(cfg: TaskConfig, tokenizer: PreTrainedTokenizerBase) -> Task:
 
 
 @register_task("agentic")
-def _agentic(cfg: TaskConfig, tokenizer: PreTrainedTokenizerBase) -> Task:
+def _agentic(cfg: TaskConfig, tokenizer: PreTrainedTokenizerBase) -> MultiTurnTask:
     from rollout.tasks.agentic import AgenticTask
 
     return AgenticTask(cfg.agentic)
 
 
-def build_task(cfg: TaskConfig, tokenizer: PreTrainedTokenizerBase) -> Task:
+def build_task(cfg: TaskConfig, tokenizer: PreTrainedTokenizerBase) -> Task | MultiTurnTask:
     if cfg.kind not in _BUILDERS.names():
         raise ValueError(f"task.kind={cfg.kind!r} is not available; known: {_BUILDERS.names()}")
     task = _BUILDERS.get(cfg.kind)(cfg, tokenizer)
@@ -55,10 +55,10 @@ def build_task(cfg: TaskConfig, tokenizer: PreTrainedTokenizerBase) -> Task:
     return task
 
 
-def task_fingerprint(task: Task) -> str:
+def task_fingerprint(task: Task | MultiTurnTask) -> str:
     """A digest of the task's examples: what pre-training sees, independent of how the config is spelled."""
     digest = hashlib.sha256()
-    if hasattr(task, "env_factory"):
+    if is_multi_turn(task):
         digest.update(json.dumps(task.cfg.model_dump(), sort_keys=True).encode())
         return digest.hexdigest()
     for split in (task.train_examples(), task.eval_examples()):

@@ -1,6 +1,10 @@
-"""Algorithm math: pure tensor functions (no Ray, MLflow or files), selected by name through registries."""
+"""Algorithm math: pure tensor functions (no Ray, MLflow or files), selected by name through registries.
 
-from workers.algorithms.advantages import ADVANTAGE_ESTIMATORS
-from workers.algorithms.losses import LOSS_AGGREGATIONS, k3_kl, ppo_clip_token_loss
+Importing this package registers the built-in algorithms (GRPO, Dr. GRPO, GiGPO) and loss aggregations.
+"""
 
-__all__ = ["ADVANTAGE_ESTIMATORS", "LOSS_AGGREGATIONS", "k3_kl", "ppo_clip_token_loss"]
+from workers.algorithms import gigpo, grpo  # noqa: F401  (registrations)
+from workers.algorithms.losses import LOSS_AGGREGATIONS
+from workers.algorithms.registry import ALGORITHMS, AdvantageOptions, Algorithm, register_algorithm
+
+__all__ = ["ALGORITHMS", "LOSS_AGGREGATIONS", "AdvantageOptions", "Algorithm", "register_algorithm"]

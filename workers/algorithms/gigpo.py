@@ -20,36 +20,12 @@ on the grouped ids is vectorised (scatter sums), and the tests compare it agains
 
 from __future__ import annotations
 
-from typing import Hashable, Literal, NamedTuple, Sequence
+from typing import Hashable, NamedTuple, Sequence
 
 import torch
 
-Norm = Literal["mean_norm", "mean_std_norm"]
-
-
-def group_relative(values_N: torch.Tensor, group_ids_N: torch.Tensor, norm: Norm, eps: float = 1e-6) -> torch.Tensor:
-    """(N,) values, (N,) int group ids in [0, K) -> (N,) (v − mean_g) / F_norm_g; 0 for constant groups.
-
-    The shared kernel of A^E and A^S. std is the unbiased sample std (as GRPO in advantages.py).
-    """
-    if norm not in ("mean_norm", "mean_std_norm"):
-        raise ValueError(f"unknown normalisation {norm!r}; use 'mean_norm' or 'mean_std_norm'")
-    values_N, group_ids_N = values_N.to(torch.float32), group_ids_N.long()
-    if values_N.numel() == 0:
-        return values_N.clone()
-    num_groups = int(group_ids_N.max()) + 1
-    zeros_K = torch.zeros(num_groups, dtype=values_N.dtype)
-    count_K = zeros_K.index_add(0, group_ids_N, torch.ones_like(values_N))
-    mean_K = zeros_K.index_add(0, group_ids_N, values_N) / count_K.clamp(min=1)
-    centred_N = values_N - mean_K[group_ids_N]
-    high_K = zeros_K.scatter_reduce(0, group_ids_N, values_N, reduce="amax", include_self=False)
-    low_K = zeros_K.scatter_reduce(0, group_ids_N, values_N, reduce="amin", include_self=False)
-    constant_N = (high_K == low_K)[group_ids_N]
-    if norm == "mean_std_norm":
-        sq_dev_K = zeros_K.index_add(0, group_ids_N, centred_N.square())
-        std_K = (sq_dev_K / (count_K - 1).clamp(min=1)).sqrt()
-        centred_N = centred_N / (std_K[group_ids_N] + eps)
-    return torch.where(constant_N, torch.zeros_like(centred_N), centred_N)
+from workers.algorithms.advantages import Norm, TrajectoryGroup, group_relative
+from workers.algorithms.registry import AdvantageOptions, Algorithm, register_algorithm
 
 
 def episode_advantages(returns_G: torch.Tensor, norm: Norm = "mean_std_norm", eps: float = 1e-6) -> torch.Tensor:
@@ -96,20 +72,6 @@ def combine_advantages(
     return episode_adv_G[trajectory_S] + step_weight * step_adv_S
 
 
-def broadcast_to_tokens(adv_N: torch.Tensor, action_mask_NT: torch.Tensor) -> torch.Tensor:
-    """One row per step: (N,) step advantages, (N, T) action-token mask -> (N, T), A on action tokens, 0 elsewhere."""
-    return adv_N.unsqueeze(-1) * action_mask_NT.to(adv_N.dtype)
-
-
-def trajectory_token_advantages(adv_S: torch.Tensor, action_mask_ST: torch.Tensor) -> torch.Tensor:
-    """One row per trajectory: (S,) step advantages, (S, T) disjoint masks of each step's action tokens inside
-    the trajectory's concatenated sequence -> (T,) per-token advantage (0 on observation / prompt tokens)."""
-    mask_ST = action_mask_ST.to(adv_S.dtype)
-    if mask_ST.numel() and bool((mask_ST.sum(dim=0) > 1).any()):
-        raise ValueError("action token masks of different steps overlap")
-    return (adv_S.unsqueeze(-1) * mask_ST).sum(dim=0)
-
-
 class GigpoAdvantages(NamedTuple):
     """GiGPO advantages of ONE group; S = total steps, trajectory-major (all steps of τ_0, then τ_1, ...)."""
 
@@ -149,12 +111,11 @@ def gigpo_advantages(
     for i, (rewards, keys) in enumerate(zip(step_rewards, state_keys)):
         if len(rewards) != len(keys):
             raise ValueError(f"trajectory {i}: {len(rewards)} rewards but {len(keys)} state keys")
+    group = TrajectoryGroup(step_rewards, state_keys)
     num_traj, horizon = len(lengths), max(lengths, default=0)
-    rewards_GT = torch.zeros(num_traj, horizon)
-    for i, rewards in enumerate(step_rewards):
-        rewards_GT[i, : len(rewards)] = torch.tensor(list(rewards), dtype=torch.float32)
+    rewards_GT = group.padded_rewards()
     mask_GT = torch.arange(horizon).view(1, -1) < torch.tensor(lengths, dtype=torch.long).view(-1, 1)
-    returns_G = rewards_GT.sum(dim=1) if episode_returns is None else torch.tensor(list(episode_returns), dtype=torch.float32)
+    returns_G = group.episode_returns() if episode_returns is None else torch.tensor(list(episode_returns), dtype=torch.float32)
     if returns_G.shape[0] != num_traj:
         raise ValueError(f"{returns_G.shape[0]} episode returns for {num_traj} trajectories")
     step_returns_S = discounted_returns(rewards_GT, gamma)[mask_GT]  # row-major = trajectory-major
@@ -170,3 +131,16 @@ def gigpo_advantages(
         step_group_S=step_group_S,
         trajectory_S=trajectory_S,
     )
+
+
+def gigpo_step_advantages(groups: Sequence[TrajectoryGroup], options: AdvantageOptions) -> torch.Tensor:
+    """The registry's estimator: A^E + ω·A^S for every step of every group, group-major."""
+    per_group = [
+        gigpo_advantages(group.step_rewards, group.state_keys, gamma=options.gamma, step_weight=options.step_weight,
+                         episode_norm=options.episode_norm, step_norm=options.step_norm, eps=options.eps).combined_S
+        for group in groups
+    ]
+    return torch.cat(per_group) if per_group else torch.zeros(0)
+
+
+register_algorithm(Algorithm("gigpo", gigpo_step_advantages, default_aggregation="token-mean", needs_environment=True))

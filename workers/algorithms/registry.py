@@ -1,30 +1,53 @@
-"""Name -> function registries, one per axis (advantage estimator, loss aggregation); duplicates are rejected."""
+"""The algorithm registry: one entry per `algorithm.name`, saying everything the trial needs to know about it.
+
+An entry names its advantage estimator, its default loss aggregation and whether it needs an environment
+(the multi-turn collector). The config validates `algorithm.name` against this registry and the collectors
+and the update step read the entry, so adding an algorithm is one module with its math plus one
+`register_algorithm` call; nothing else branches on the name.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
-F = TypeVar("F", bound=Callable)
+import torch
+
+from rollout.basics import Registry
+from workers.algorithms.advantages import Norm, TrajectoryGroup
 
 
-class Registry(Generic[F]):
-    def __init__(self, axis: str) -> None:
-        self.axis = axis
-        self._entries: dict[str, F] = {}
+@dataclass(frozen=True)
+class AdvantageOptions:
+    """The `algorithm:` settings an estimator may read (built by `AlgorithmConfig.advantage_options`)."""
 
-    def register(self, name: str) -> Callable[[F], F]:
-        def decorate(function: F) -> F:
-            if name in self._entries:
-                raise ValueError(f"{self.axis} {name!r} is already registered")
-            self._entries[name] = function
-            return function
+    eps: float
+    """Added to the std before dividing."""
+    gamma: float
+    """Discount of step returns (GiGPO's step credit)."""
+    step_weight: float
+    """omega, the weight of GiGPO's step advantage."""
+    episode_norm: Norm
+    step_norm: Norm
 
-        return decorate
 
-    def get(self, name: str) -> F:
-        if name not in self._entries:
-            raise KeyError(f"unknown {self.axis} {name!r}; known: {sorted(self._entries)}")
-        return self._entries[name]
+AdvantageEstimator = Callable[[Sequence[TrajectoryGroup], AdvantageOptions], torch.Tensor]
+"""(one step's trajectory groups, options) -> (S,) one advantage per step of every trajectory: group-major,
+then trajectory, then step order. For a single-turn batch that is one advantage per completion row."""
 
-    def names(self) -> list[str]:
-        return sorted(self._entries)
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str
+    advantages: AdvantageEstimator
+    default_aggregation: str
+    """Loss aggregation (workers.algorithms.losses.LOSS_AGGREGATIONS) used when `algorithm.loss_aggregation` is unset."""
+    needs_environment: bool = False
+    """True when the estimator needs multi-step trajectories (a task with environments)."""
+
+
+ALGORITHMS: Registry[Algorithm] = Registry("algorithm")
+
+
+def register_algorithm(algorithm: Algorithm) -> Algorithm:
+    return ALGORITHMS.add(algorithm.name, algorithm)
