@@ -52,6 +52,22 @@ class LayerContribution:
 
 
 @dataclass(frozen=True)
+class SubsetContribution:
+    """A set of layers trained together (`layersweep train`), averaged over its finished seeds; CIs as for
+    LayerContribution."""
+
+    layers: tuple[int, ...]
+    label: str
+    """How the set was chosen, e.g. `top-2`."""
+    n_seeds: int
+    mean_score: float
+    delta: float
+    delta_ci: tuple[float, float]
+    contribution: float
+    contribution_ci: tuple[float, float]
+
+
+@dataclass(frozen=True)
 class NoiseCheck:
     """Is the full-parameter gain S_full - S_base clearly larger than evaluation noise?
 
@@ -82,9 +98,11 @@ class SweepSummary:
     best_share: float  # share of the full gain recovered by the best layer (its contribution)
     middle_contribution: float  # mean contribution of layers with relative depth in [1/3, 2/3]
     ends_contribution: float  # mean contribution of the first and last thirds together
-    counts: dict[str, int] = field(default_factory=dict)  # done / running / failed / total trials
+    counts: dict[str, int] = field(default_factory=dict)  # done / running / failed / total trials; base / full seeds
     eval_size: float = math.nan
     messages: tuple[str, ...] = ()
+    subsets: tuple[SubsetContribution, ...] = ()
+    """Layer sets trained together after the sweep, in the order of their first appearance in the table."""
     secondary: dict[str, dict[str, float]] = field(default_factory=dict)
     """Other held-out scores (e.g. success_greedy, pass@k): trial group (base / full / layer i) -> column -> mean
     over seeds. They are shown beside the ranking, never used for it."""
@@ -204,7 +222,14 @@ def check_noise(base_by_seed: pd.Series, full_by_seed: pd.Series, eval_size: flo
 
 def _layer_row(layer: int, scores: pd.Series, base_by_seed: pd.Series, full_by_seed: pd.Series,
                noise: NoiseCheck, num_layers: int, eval_size: float) -> LayerContribution:
-    """Per-seed deltas and contributions against that seed's base/full, else the mean base/full."""
+    return LayerContribution(layer, relative_depth(layer, num_layers), *_against_references(
+        scores, base_by_seed, full_by_seed, noise, eval_size))
+
+
+def _against_references(scores: pd.Series, base_by_seed: pd.Series, full_by_seed: pd.Series, noise: NoiseCheck,
+                        eval_size: float) -> tuple[int, float, float, tuple[float, float], float, tuple[float, float]]:
+    """(n_seeds, mean score, delta, delta CI, contribution, contribution CI) of per-seed `scores`: deltas and
+    contributions against that seed's base/full, else the mean base/full."""
     base_mean, full_mean = float(base_by_seed.mean()), float(full_by_seed.mean())
     seeds = scores.index
     x = scores.to_numpy(float)  # (n_seeds,)
@@ -224,8 +249,22 @@ def _layer_row(layer: int, scores: pd.Series, base_by_seed: pd.Series, full_by_s
         g = float(gain_s[0])
         c_var = (var_x + contribution**2 * var_f + (1 - contribution) ** 2 * var_b) / g**2 if g else math.nan
         contribution_ci = normal_interval(contribution, c_var)
-    return LayerContribution(layer, relative_depth(layer, num_layers), len(x), float(x.mean()), delta,
-                             delta_ci, contribution, contribution_ci)
+    return len(x), float(x.mean()), delta, delta_ci, contribution, contribution_ci
+
+
+def subset_rows(done: pd.DataFrame, base_by_seed: pd.Series, full_by_seed: pd.Series, noise: NoiseCheck,
+                eval_size: float) -> list[SubsetContribution]:
+    """One SubsetContribution per distinct layer set of the finished `subset` trials."""
+    if "layers" not in done.columns:
+        return []
+    rows = done[done["kind"] == "subset"]
+    result = []
+    for layers_text, group in rows.groupby("layers", sort=False):
+        labels = group["label"].dropna().unique() if "label" in group.columns else []
+        layers = tuple(int(i) for i in str(layers_text).split("+"))
+        stats_ = _against_references(group.groupby("seed")["score"].mean(), base_by_seed, full_by_seed, noise, eval_size)
+        result.append(SubsetContribution(layers, " / ".join(map(str, labels)) or f"layers {layers_text}", *stats_))
+    return result
 
 
 def rank_layers(layers: list[LayerContribution], ranked_by: RankBasis) -> tuple[int, ...]:
@@ -263,12 +302,16 @@ def _num_layers(results: pd.DataFrame, done: pd.DataFrame) -> int:
 
 
 def secondary_means(done: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Mean over seeds of each secondary score column, per trial group: base, full, layer i (in that order)."""
+    """Mean over seeds of each secondary score column, per trial group: base, full, layer i, layers i+j (in that
+    order)."""
     columns = [c for c in done.columns if is_secondary_score(str(c))]
     if not columns:
         return {}
     group = done["kind"].where(done["kind"] != "layers", "layer " + done["layer"].astype("Int64").astype(str))
-    order = sorted(group.dropna().unique(), key=lambda g: (g != "base", g != "full", int(g.split()[1]) if g.startswith("layer ") else 0))
+    if "layers" in done.columns:
+        group = group.where(done["kind"] != "subset", "layers " + done["layers"].astype(str))
+    order = sorted(group.dropna().unique(), key=lambda g: (g != "base", g != "full", g.startswith("layers "),
+                                                           int(g.split()[1]) if g.startswith("layer ") else 0, g))
     means = done[columns].apply(pd.to_numeric, errors="coerce").groupby(group).mean()
     return {g: {c: float(means.loc[g, c]) for c in columns if pd.notna(means.loc[g, c])} for g in order}
 
@@ -329,7 +372,9 @@ def summarize(results: pd.DataFrame, z: float = 2.0, abs_threshold: float = 0.02
         full_score=float(full_by_seed.mean()) if len(full_by_seed) else math.nan,
         noise=noise, layers=tuple(layers), ranked_by=ranked_by, ranking=ranking, best_layer=best,
         best_share=best_share, middle_contribution=middle, ends_contribution=ends,
-        counts=trial_counts(results), eval_size=eval_size, messages=tuple(messages), secondary=secondary_means(done),
+        counts={**trial_counts(results), "base_seeds": len(base_by_seed), "full_seeds": len(full_by_seed)},
+        eval_size=eval_size, messages=tuple(messages),
+        subsets=tuple(subset_rows(done, base_by_seed, full_by_seed, noise, eval_size)), secondary=secondary_means(done),
     )
     log.debug("sweep %s: %d layers aggregated, ranked by %s; %s", summary.sweep, len(layers), ranked_by, "; ".join(messages))
     return summary

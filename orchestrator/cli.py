@@ -30,7 +30,8 @@ def cmd_trial(args: argparse.Namespace) -> int:
     elif args.full:
         spec = TrialSpec("full", seed=args.seed if args.seed is not None else cfg.seed)
     else:
-        spec = TrialSpec("layers", tuple(args.layer), seed=args.seed if args.seed is not None else cfg.seed)
+        layers = tuple(sorted(set(args.layer)))
+        spec = TrialSpec("layers" if len(layers) == 1 else "subset", layers, seed=args.seed if args.seed is not None else cfg.seed)
     trial_dir = Path(args.out) if args.out else cfg.sweep_dir / "trials" / spec.name
 
     def show(record: dict) -> None:
@@ -85,6 +86,61 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from orchestrator.aggregate import summarize
+    from orchestrator.driver import train_subset
+    from orchestrator.results import load_results, sweep_exit_code
+    from orchestrator.selection import select_listed, select_middle_block, select_top_k
+
+    sweep_dir = Path(args.sweep_dir)
+    summary = summarize(load_results(sweep_dir))
+    if args.top_k is not None:
+        selection = select_top_k(summary, args.top_k)
+    elif args.layers is not None:
+        selection = select_listed(args.layers, summary)
+    else:
+        selection = select_middle_block(args.middle_block, summary)
+    print(f"training layers {'+'.join(map(str, selection.layers))} together ({selection.label}):")
+    for reason in selection.reasons:
+        print(f"  {reason}")
+    table = train_subset(sweep_dir, selection.layers, selection.label, args.seeds, address=args.address,
+                         include_dashboard=not args.no_dashboard)
+    return sweep_exit_code(table[table["kind"] == "subset"])
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from orchestrator.driver import load_sweep
+    from workers.base_model import resolve_model_dir
+    from workers.export import export_trial
+    from workers.runner import TRAINED_FILE
+
+    sweep_dir, cfg, _ = load_sweep(Path(args.sweep_dir))
+    out = Path(args.out)
+    delta_dir = Path(args.delta_out) if args.delta_out else out.with_name(out.name + "-delta")
+    base_dir = resolve_model_dir(cfg.trial_config())
+    info = export_trial(sweep_dir / "trials" / args.trial / TRAINED_FILE, args.trial, cfg.model.source, base_dir,
+                        cfg.model.dtype, out, delta_dir)
+    print(f"model: {out} (AutoModelForCausalLM.from_pretrained / vLLM)")
+    print(f"layer delta: {delta_dir} ({len(info.tensors)} tensors, {info.delta_bytes / 2**20:.2f} MiB = "
+          f"{100 * info.delta_bytes / info.model_bytes:.1f}% of the {info.model_bytes / 2**20:.1f} MiB model); "
+          f"rebuild with: layersweep apply-delta {delta_dir} --base {base_dir} --out DIR")
+    if args.mlflow:
+        from orchestrator.tracking import log_export
+
+        where = log_export(sweep_dir, cfg.tracking, args.trial, out, delta_dir, args.register)
+        print(f"MLflow: {where}")
+    return 0
+
+
+def cmd_apply_delta(args: argparse.Namespace) -> int:
+    from workers.export import apply_delta
+
+    info = apply_delta(Path(args.delta), args.base, Path(args.out))
+    print(f"wrote {args.out}: base {args.base} + {len(info.tensors)} tensors of trial {info.trial} "
+          f"(checksum {info.result_checksum[:12]} as exported)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="layersweep", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -122,6 +178,32 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("sweep_dirs", nargs="+")
     compare.add_argument("--out", help="directory for comparison.csv / comparison.png (default: the first sweep dir)")
     compare.set_defaults(handler=cmd_compare)
+
+    train = sub.add_parser("train", help="train a set of layers together, chosen from a finished sweep's ranking")
+    train.add_argument("sweep_dir")
+    choose = train.add_mutually_exclusive_group(required=True)
+    choose.add_argument("--top-k", type=int, help="the K best layers (by mean contribution over the sweep's seeds)")
+    choose.add_argument("--layers", help="these layers, e.g. 10-19 or 3,5,7")
+    choose.add_argument("--middle-block", type=int, metavar="K", help="K consecutive layers around the middle of the stack")
+    train.add_argument("--seeds", type=int, nargs="+", help="trial seeds (default: the sweep's)")
+    train.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    train.add_argument("--no-dashboard", action="store_true")
+    train.set_defaults(handler=cmd_train)
+
+    export = sub.add_parser("export", help="write a finished trial as an HF model directory and a small layer delta")
+    export.add_argument("sweep_dir")
+    export.add_argument("trial", help="trial name, e.g. layer03-s0, set03+04-s0, full-s0")
+    export.add_argument("--out", required=True, help="HF model directory to write")
+    export.add_argument("--delta-out", help="layer delta directory (default: <out>-delta)")
+    export.add_argument("--mlflow", action="store_true", help="log the model and the delta on the trial's MLflow run")
+    export.add_argument("--register", metavar="NAME", help="with --mlflow: register the logged model under NAME")
+    export.set_defaults(handler=cmd_export)
+
+    apply = sub.add_parser("apply-delta", help="rebuild an exported model from its base model and its layer delta")
+    apply.add_argument("delta")
+    apply.add_argument("--base", required=True, help="the base model directory (refused unless bit-identical to the trained-from base)")
+    apply.add_argument("--out", required=True)
+    apply.set_defaults(handler=cmd_apply_delta)
     return parser
 
 

@@ -23,7 +23,8 @@ from orchestrator.config import SweepConfig, parse_sweep_config
 from orchestrator.plan import plan_trials
 from orchestrator.resources import check_cluster_fits
 from orchestrator.report import render_sweep
-from orchestrator.results import CONFIG_FILE, PLAN_FILE, RESULTS_FILE, TUNE_DIR, finished_status, results_frame, spec_from_config, trial_row
+from orchestrator.results import (CONFIG_FILE, PLAN_FILE, RESULTS_FILE, TUNE_DIR, finished_status, label_from_config,
+                                  load_results, results_frame, spec_from_config, trial_row)
 from orchestrator.tracking import SweepTracker, resolve_tracking_uri
 from orchestrator.tune_trainable import LayerTrainable
 from workers.spec import TrialSpec
@@ -104,12 +105,19 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, emit: Callable[[str]
     sweep_dir, specs, num_layers = prepare(cfg)
     uri, tracker = _connect(cfg, sweep_dir, dashboard, emit)
     emit(f"sweep {cfg.name}: {len(specs)} trials on a {num_layers}-layer model; MLflow {uri}")
+    results = _tuner(cfg, sweep_dir, specs, TUNE_DIR, uri, num_layers, emit).fit()
+    return finish(cfg, sweep_dir, results_table(cfg, results, num_layers), tracker, num_layers, time.time() - started, emit)
+
+
+def _tuner(cfg: SweepConfig, sweep_dir: Path, specs: list[TrialSpec], experiment: str, uri: str, num_layers: int,
+           emit: Callable[[str], None], label: str | None = None) -> tune.Tuner:
+    """One Tune trial per spec, each with its seed's trial config; `experiment` names the Tune directory."""
     per_seed = {seed: cfg.trial_config(seed).model_dump(mode="json") for seed in {s.seed for s in specs}}
     param_space = {
-        "trial": tune.grid_search([{"spec": s.to_dict(), "trial_config": per_seed[s.seed]} for s in specs]),
+        "trial": tune.grid_search([{"spec": s.to_dict(), "trial_config": per_seed[s.seed], "label": label} for s in specs]),
         "trials_dir": str(sweep_dir / "trials"),
     }
-    tuner = tune.Tuner(
+    return tune.Tuner(
         _trainable(cfg),
         param_space=param_space,
         tune_config=tune.TuneConfig(
@@ -117,15 +125,58 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, emit: Callable[[str]
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
         ),
-        run_config=_run_config(cfg, sweep_dir, uri, len(specs), num_layers, emit),
+        run_config=_run_config(cfg, sweep_dir, experiment, uri, len(specs), num_layers, emit),
     )
-    results = tuner.fit()
-    return finish(cfg, sweep_dir, results, tracker, num_layers, time.time() - started, emit)
 
 
-def _run_config(cfg: SweepConfig, sweep_dir: Path, uri: str, total: int, num_layers: int, emit: Callable[[str], None]) -> tune.RunConfig:
+def load_sweep(sweep_dir: Path) -> tuple[Path, SweepConfig, int]:
+    """(resolved dir, config, model depth) of an existing sweep directory; one-line errors otherwise."""
+    sweep_dir = sweep_dir.resolve()
+    config_path = sweep_dir / CONFIG_FILE
+    if not config_path.exists():
+        raise FileNotFoundError(f"{sweep_dir} is not a sweep directory (no {CONFIG_FILE})")
+    cfg = parse_sweep_config(yaml.safe_load(config_path.read_text()), str(config_path))
+    return sweep_dir, cfg, json.loads((sweep_dir / PLAN_FILE).read_text())["num_layers"]
+
+
+def train_subset(sweep_dir: Path, layers: tuple[int, ...], label: str, seeds: list[int] | None = None,
+                 address: str | None = None, emit: Callable[[str], None] = print, include_dashboard: bool = True) -> pd.DataFrame:
+    """Train `layers` together, one trial per seed, with the sweep's config otherwise; the rows join the
+    sweep's results table and report, the runs nest under the sweep's MLflow parent run."""
+    started = time.time()
+    sweep_dir, cfg, num_layers = load_sweep(sweep_dir)
+    previous = load_results(sweep_dir)  # the sweep must have finished: its ranking chose these layers
+    seeds = seeds or cfg.seeds or [cfg.seed]
+    specs = [TrialSpec("subset", tuple(sorted(layers)), seed=seed) for seed in seeds]
+    finished_before = set(previous.loc[previous["status"].isin(["done", "no_learning"]), "trial"])
+    if all(spec.name in finished_before for spec in specs):
+        raise ValueError(f"{', '.join(s.name for s in specs)} already finished in {sweep_dir}; their results are kept "
+                         "(choose other seeds with --seeds)")
+    specs = [spec for spec in specs if spec.name not in finished_before]
+    dashboard = _start_checked_ray(cfg, address, include_dashboard)
+    uri, tracker = _connect(cfg, sweep_dir, dashboard, emit)
+    experiment = f"{TUNE_DIR}-{specs[0].name.rsplit('-s', 1)[0]}"
+    emit(f"sweep {cfg.name}: training layers {'+'.join(map(str, specs[0].layers))} together ({label}), "
+         f"seeds {seeds}; MLflow {uri}")
+    results = _tuner(cfg, sweep_dir, specs, experiment, uri, num_layers, emit, label).fit()
+    table = with_earlier_rows(sweep_dir, results_table(cfg, results, num_layers))
+    return finish(cfg, sweep_dir, table, tracker, num_layers, time.time() - started, emit)
+
+
+def with_earlier_rows(sweep_dir: Path, added: pd.DataFrame) -> pd.DataFrame:
+    """`added` plus the stored results' rows of other trials (a `train` run keeps the sweep's rows, a resumed
+    sweep keeps the subsets trained after it); a trial present in both takes its new row."""
+    path = sweep_dir / RESULTS_FILE
+    if not path.exists():
+        return added
+    previous = pd.read_parquet(path)
+    return pd.concat([previous[~previous["trial"].isin(added["trial"])], added], ignore_index=True)
+
+
+def _run_config(cfg: SweepConfig, sweep_dir: Path, experiment: str, uri: str, total: int, num_layers: int,
+                emit: Callable[[str], None]) -> tune.RunConfig:
     return tune.RunConfig(
-        name=TUNE_DIR,
+        name=experiment,
         storage_path=str(sweep_dir),
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
         checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=cfg.checkpoint_every, num_to_keep=2),
@@ -136,21 +187,17 @@ def _run_config(cfg: SweepConfig, sweep_dir: Path, uri: str, total: int, num_lay
 
 def resume_sweep(sweep_dir: Path, address: str | None = None, emit: Callable[[str], None] = print, include_dashboard: bool = True) -> pd.DataFrame:
     started = time.time()
-    sweep_dir = sweep_dir.resolve()
-    config_path = sweep_dir / CONFIG_FILE
-    if not config_path.exists():
-        raise FileNotFoundError(f"{sweep_dir} is not a sweep directory (no {CONFIG_FILE})")
-    cfg = parse_sweep_config(yaml.safe_load(config_path.read_text()), str(config_path))
+    sweep_dir, cfg, num_layers = load_sweep(sweep_dir)
     tune_dir = sweep_dir / TUNE_DIR
     if not tune.Tuner.can_restore(str(tune_dir)):
         raise FileNotFoundError(f"{tune_dir} holds no restorable Tune experiment")
-    num_layers = json.loads((sweep_dir / PLAN_FILE).read_text())["num_layers"]
     dashboard = _start_checked_ray(cfg, address, include_dashboard)
     uri, tracker = _connect(cfg, sweep_dir, dashboard, emit)
     emit(f"resuming sweep {cfg.name} from {tune_dir}")
     tuner = tune.Tuner.restore(str(tune_dir), trainable=_trainable(cfg), resume_unfinished=True, resume_errored=True)
     results = tuner.fit()
-    return finish(cfg, sweep_dir, results, tracker, num_layers, time.time() - started, emit)
+    table = with_earlier_rows(sweep_dir, results_table(cfg, results, num_layers))
+    return finish(cfg, sweep_dir, table, tracker, num_layers, time.time() - started, emit)
 
 
 def results_table(cfg: SweepConfig, results: Any, num_layers: int) -> pd.DataFrame:
@@ -161,12 +208,13 @@ def results_table(cfg: SweepConfig, results: Any, num_layers: int) -> pd.DataFra
         done = result.error is None and "score" in metrics
         error = str(result.error).strip().splitlines()[-1][:300] if result.error else None
         status = finished_status(metrics) if done else "failed"
-        rows.append(trial_row(cfg.name, spec, num_layers, metrics, status, error))
+        rows.append(trial_row(cfg.name, spec, num_layers, metrics, status, error, label_from_config(result.config)))
     return results_frame(rows)
 
 
-def finish(cfg: SweepConfig, sweep_dir: Path, results: Any, tracker: SweepTracker, num_layers: int, seconds: float, emit: Callable[[str], None]) -> pd.DataFrame:
-    table = results_table(cfg, results, num_layers)
+def finish(cfg: SweepConfig, sweep_dir: Path, table: pd.DataFrame, tracker: SweepTracker, num_layers: int, seconds: float,
+           emit: Callable[[str], None]) -> pd.DataFrame:
+    table = results_frame(table.to_dict("records"))
     table.to_parquet(sweep_dir / RESULTS_FILE, index=False)
     artifacts, summary_text, summary_metrics = render_sweep(table, sweep_dir)
     failed = int((table["status"] == "failed").sum())

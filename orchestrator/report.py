@@ -65,7 +65,42 @@ def ranking_markdown(summary: SweepSummary) -> str:
         rank = "-" if pd.isna(row.rank) else str(int(row.rank))
         out.append(f"| {rank} | {row.layer} | {row.relative_depth:.2f} | {row.n_seeds} | {_f(row.mean_score)} | "
                    f"{_f(row.delta, '+.3f')} | {_f(row.contribution)} | {_ci(row.ci_low, row.ci_high)} |")
-    return "\n".join(out + secondary_markdown(summary)) + "\n"
+    return "\n".join(out + comparison_markdown(summary) + secondary_markdown(summary)) + "\n"
+
+
+def comparison_rows(summary: SweepSummary) -> list[tuple[str, str, int, float, float, tuple[float, float], float, tuple[float, float]]]:
+    """The paper's comparison: base, full-parameter RL, the best single layer and every layer set trained
+    together, as (setting, trained layers, seeds, mean score, delta, delta CI, contribution, contribution CI)."""
+    nan_ci = (math.nan, math.nan)
+    noise = summary.noise
+    rows = []
+    if math.isfinite(summary.base_score):
+        rows.append(("base", "none", summary.counts["base_seeds"], summary.base_score, 0.0, nan_ci, 0.0, nan_ci))
+    if math.isfinite(summary.full_score):
+        half = 1.96 * noise.se if math.isfinite(noise.se) else math.nan
+        rows.append(("full-parameter RL", "all", summary.counts["full_seeds"], summary.full_score, noise.gain,
+                     (noise.gain - half, noise.gain + half), 1.0 if noise.resolved else math.nan, nan_ci))
+    if summary.best_layer is not None:
+        best = next(c for c in summary.layers if c.layer == summary.best_layer)
+        rows.append(("best single layer", str(best.layer), best.n_seeds, best.mean_score, best.delta, best.delta_ci,
+                     best.contribution, best.contribution_ci))
+    for subset in summary.subsets:
+        rows.append((subset.label, "+".join(map(str, subset.layers)), subset.n_seeds, subset.mean_score, subset.delta,
+                     subset.delta_ci, subset.contribution, subset.contribution_ci))
+    return rows
+
+
+def comparison_markdown(summary: SweepSummary) -> list[str]:
+    rows = comparison_rows(summary)
+    if not rows:
+        return []
+    out = ["", "Base, full-parameter RL, the best single layer and layer sets trained together (`layersweep train`):", "",
+           "| setting | trained layers | seeds | mean score | S - S_base (95% CI) | contribution (95% CI) |",
+           "|:---|:---|---:|---:|:---|:---|"]
+    for name, layers, seeds, score, delta, delta_ci, contribution, contribution_ci in rows:
+        out.append(f"| {name} | {layers} | {seeds} | {_f(score)} | {_f(delta, '+.3f')} {_ci(*delta_ci)} | "
+                   f"{_f(contribution)} {_ci(*contribution_ci)} |")
+    return out
 
 
 def secondary_markdown(summary: SweepSummary) -> list[str]:
@@ -88,7 +123,13 @@ def terminal_table(summary: SweepSummary) -> str:
         rank = "-" if pd.isna(row.rank) else str(int(row.rank))
         rows.append(f"{rank:>4} {row.layer:>5} {row.relative_depth:>5.2f} {row.n_seeds:>5} {_f(row.mean_score):>7} "
                     f"{_f(row.delta, '+.3f'):>7} {_f(row.contribution):>7}  {_ci(row.ci_low, row.ci_high)}")
-    return "\n".join([f"sweep {summary.sweep}", *headline(summary), "", *rows])
+    lines = [f"sweep {summary.sweep}", *headline(summary), "", *rows]
+    if summary.subsets:
+        lines += ["", f"{'setting':<20} {'layers':<12} {'seeds':>5} {'score':>7} {'delta':>7} {'contrib':>7}  95% CI"]
+        for name, layers, seeds, score, delta, _, contribution, contribution_ci in comparison_rows(summary):
+            lines.append(f"{name:<20} {layers:<12} {seeds:>5} {_f(score):>7} {_f(delta, '+.3f'):>7} {_f(contribution):>7}  "
+                         f"{_ci(*contribution_ci)}")
+    return "\n".join(lines)
 
 
 def progress_line(results: pd.DataFrame, total: int | None = None) -> str:

@@ -22,6 +22,11 @@ def spec_from_config(config: dict[str, Any]) -> TrialSpec:
     return TrialSpec.from_dict(config["trial"]["spec"])
 
 
+def label_from_config(config: dict[str, Any]) -> str | None:
+    """How a `layersweep train` subset was chosen (`top-2`), when the trial is one."""
+    return config["trial"].get("label")
+
+
 SECONDARY_SCORES = ("success_greedy", "success_sampled")
 """Held-out rates reported beside `score` (agentic tasks report both decodings); pass@k columns are kept too."""
 
@@ -39,16 +44,20 @@ def finished_status(metrics: dict[str, Any]) -> str:
     return "no_learning" if metrics.get("learned") is False else "done"
 
 
-def trial_row(sweep: str, spec: TrialSpec, num_layers: int, metrics: dict[str, Any], status: str, error: str | None = None) -> dict[str, Any]:
+def trial_row(sweep: str, spec: TrialSpec, num_layers: int, metrics: dict[str, Any], status: str, error: str | None = None,
+              label: str | None = None) -> dict[str, Any]:
     """status: done | running | failed | no_learning (a training trial whose weights did not move with a learning
     signal: it finished, its score is kept for the record, but it is never ranked); `score` is kept only for
-    finished trials."""
+    finished trials. `layers` spells the trained layers (`3+4`) of layer and subset trials; `label` says how a
+    subset was chosen (`top-2`)."""
     finished = status in ("done", "no_learning")
     return {
         "sweep": sweep,
         "trial": spec.name,
         "kind": spec.kind,
         "layer": spec.layers[0] if spec.kind == "layers" else None,
+        "layers": "+".join(str(i) for i in spec.layers) or None,
+        "label": label,
         "num_layers": num_layers,
         "seed": spec.seed,
         "score": float(metrics["score"]) if finished else None,
@@ -67,7 +76,7 @@ def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    table = table.sort_values(["kind", "layer", "seed"], na_position="first", ignore_index=True)
+    table = table.sort_values(["kind", "layer", "layers", "seed"], na_position="first", ignore_index=True)
     table["layer"] = table["layer"].astype("Int64")
     return table
 

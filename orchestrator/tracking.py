@@ -160,3 +160,25 @@ class SweepTracker:
             finite = {k: v for k, v in metrics.items() if v is not None and math.isfinite(v)}
             self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in finite.items()])
         self.client.set_terminated(run_id, status=status)
+
+
+def log_export(sweep_dir: Path, tracking: Any, trial: str, model_dir: Path, delta_dir: Path, register: str | None = None) -> str:
+    """Log an exported trial on its own MLflow run: the layer delta as artifacts (`layer_delta/`, a few MiB for
+    one layer) and the HF model through `mlflow.transformers.log_model` (an MLflow Model that `mlflow.transformers
+    .load_model` and the registry understand, without the base model at hand), registered under `register`.
+
+    Returns the model URI."""
+    import mlflow
+
+    ids_path = sweep_dir / RUN_IDS_FILE
+    run_ids = json.loads(ids_path.read_text()) if ids_path.exists() else {}
+    if trial not in run_ids:
+        raise ValueError(f"trial {trial!r} has no MLflow run in {ids_path} (known: {sorted(k for k in run_ids if k != '__sweep__')})")
+    mlflow.set_tracking_uri(resolve_tracking_uri(tracking.tracking_uri, sweep_dir))
+    with mlflow.start_run(run_id=run_ids[trial]):
+        mlflow.log_artifacts(str(delta_dir), artifact_path="layer_delta")
+        # pinned from this environment: MLflow's own inference imports optional packages (torchvision) to probe
+        requirements = [f"{name}=={version(name).split('+')[0]}" for name in ("torch", "transformers", "safetensors", "accelerate")]
+        info = mlflow.transformers.log_model(transformers_model=str(model_dir), name="model", task="text-generation",
+                                             registered_model_name=register, pip_requirements=requirements)
+    return info.model_uri

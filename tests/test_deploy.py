@@ -1,7 +1,8 @@
-"""deploy/: KubeRay manifests against the CRD schemas shipped in shared/schemas/kuberay, the cross-references
-between manifests (PVCs, MLflow Service, shared sweep dir), the Dockerfiles against constraints.txt, and the
-MLflow server command against the installed mlflow. No cluster, no Docker: what a real API server adds
-(CEL rules, admission, the operator's own checks) is not covered here.
+"""deploy/: KubeRay manifests against the CRD schemas in tests/kuberay_schemas (KubeRay v1.7.0, see its README;
+$LAYERSWEEP_KUBERAY_SCHEMAS points at another release's), the cross-references between manifests (PVCs, MLflow
+Service, shared sweep dir), the Dockerfiles against constraints.txt, and the MLflow server command against the
+installed mlflow. No cluster, no Docker: what a real API server adds (CEL rules, admission, the operator's own
+checks) is not covered here.
 """
 
 from __future__ import annotations
@@ -29,10 +30,13 @@ WORKING_DIR = "/home/ray/layersweep"  # the images' WORKDIR and the Ray containe
 CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}
 
 
-def _schema_dir() -> Path | None:
-    candidates = [os.environ.get("LAYERSWEEP_KUBERAY_SCHEMAS"), ROOT.parent / "shared" / "schemas" / "kuberay",
-                  ROOT / "shared" / "schemas" / "kuberay"]
-    return next((Path(c) for c in candidates if c and (Path(c) / CRD_FILES["RayJob"]).exists()), None)
+KUBERAY_SCHEMAS = Path(__file__).resolve().parent / "kuberay_schemas"  # in the repo: every clone runs the checks
+
+
+def _schema_dir() -> Path:
+    """tests/kuberay_schemas, or $LAYERSWEEP_KUBERAY_SCHEMAS to check against another KubeRay release's CRDs."""
+    override = os.environ.get("LAYERSWEEP_KUBERAY_SCHEMAS")
+    return Path(override) if override else KUBERAY_SCHEMAS
 
 
 def _pins(path: Path) -> dict[str, str]:
@@ -112,15 +116,15 @@ def _crd(path: Path) -> dict:
 
 def _validator(kind: str, api_version: str):
     jsonschema = pytest.importorskip("jsonschema")
-    schema_dir = _schema_dir()
-    if schema_dir is None:
-        pytest.skip("KubeRay CRDs not found (shared/schemas/kuberay beside the repo, or $LAYERSWEEP_KUBERAY_SCHEMAS)")
-    crd = _crd(schema_dir / CRD_FILES[kind])
+    path = _schema_dir() / CRD_FILES[kind]
+    assert path.is_file(), f"{kind}: KubeRay CRD {path} is missing (tests/kuberay_schemas, or $LAYERSWEEP_KUBERAY_SCHEMAS)"
+    crd = _crd(path)
     group, _, version = api_version.partition("/")
     assert group == crd["spec"]["group"], f"{kind}: apiVersion {api_version} is not in group {crd['spec']['group']}"
     served = {v["name"]: v for v in crd["spec"]["versions"] if v.get("served")}
     assert version in served, f"{kind}: version {version} is not served (served: {sorted(served)})"
     assert not served[version].get("deprecated"), f"{kind}: {api_version} is deprecated"
+    assert "schema" in served[version], f"{kind}: {path} holds no schema for {version} (see tests/kuberay_schemas/trim.py)"
     return jsonschema.Draft7Validator(_closed(served[version]["schema"]["openAPIV3Schema"]))
 
 
@@ -441,6 +445,21 @@ def test_cpu_image_installs_the_pinned_cpu_torch_and_the_constraints():
     assert shell.stdout.strip() == f"torch=={CONSTRAINTS['torch']}+cpu", shell.stdout
     installs = [line for line in lines if "pip install" in line]
     assert any("-c constraints.txt ." in line for line in installs), "layersweep is not installed under constraints.txt"
+
+
+def test_setup_script_asks_for_the_image_s_cpu_torch_from_the_image_s_index():
+    """scripts/setup.sh installs the same torch X+cpu as Dockerfile.cpu. Its fallback index is the image's default
+    TORCH_INDEX_URL, and LAYERSWEEP_TORCH_INDEX overrides it (the Linux lines, evaluated as the script does)."""
+    script = [line for line in (ROOT / "scripts" / "setup.sh").read_text().splitlines()
+              if line.startswith(("torch_version=", "torch_req=", "torch_index="))]
+    assert len(script) == 3, script
+    image_index = next(line.split("=", 1)[1] for line in _dockerfile("Dockerfile.cpu") if line.startswith("ARG TORCH_INDEX_URL="))
+    env = {k: v for k, v in os.environ.items() if k != "LAYERSWEEP_TORCH_INDEX"}
+    for override, index in [(None, image_index), ("https://mirror.example/whl/cpu", "https://mirror.example/whl/cpu")]:
+        run_env = env if override is None else {**env, "LAYERSWEEP_TORCH_INDEX": override}
+        shell = subprocess.run(["bash", "-euc", "\n".join(script) + '\necho "$torch_req $torch_index"'], cwd=ROOT,
+                               env=run_env, capture_output=True, text=True, check=True)
+        assert shell.stdout.split() == [f"torch=={CONSTRAINTS['torch']}+cpu", index], shell.stdout
 
 
 def test_gpu_lock_keeps_the_cpu_stack_anchors_and_the_image_uses_it():

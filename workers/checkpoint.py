@@ -2,19 +2,28 @@
 
 For a single-layer trial that is one layer's weights and one layer's Adam moments, so checkpoints (and the
 MLflow artifacts made from them) are a fraction of the model's size.
+
+Nothing is pickled: every tensor goes into a safetensors file and the rest of the state (step, scheduler,
+optimiser hyper-parameters, RNG positions) into JSON, so opening a sweep directory from somebody else can
+never execute code. Python tuples come back as lists and dict keys keep their type (the optimiser's state
+is keyed by parameter index).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
-CHECKPOINT_FILE = "trial_state.pt"
+TENSORS_FILE = "trial_state.safetensors"
+STATE_FILE = "trial_state.json"
+"""Written last: its presence means the checkpoint is complete."""
 
 
 def tensors_checksum(named_tensors: dict[str, torch.Tensor]) -> str:
@@ -22,7 +31,7 @@ def tensors_checksum(named_tensors: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
     for name in sorted(named_tensors):
         digest.update(name.encode())
-        digest.update(named_tensors[name].detach().contiguous().cpu().numpy().tobytes())
+        digest.update(named_tensors[name].detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -32,21 +41,72 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state(tuple(state["numpy"]))
+
+
+def _child(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def split_tensors(value: Any, tensors: dict[str, torch.Tensor], path: str = "") -> Any:
+    """A JSON-able copy of `value` with every tensor (and numpy array) moved into `tensors` under its path."""
+    if isinstance(value, torch.Tensor):
+        tensors[path] = value.detach().contiguous().cpu()
+        return {"__tensor__": path}
+    if isinstance(value, np.ndarray):
+        tensors[path] = torch.from_numpy(value.copy())
+        return {"__ndarray__": path}
+    if isinstance(value, dict):
+        if all(isinstance(key, str) for key in value):
+            return {key: split_tensors(item, tensors, _child(path, key)) for key, item in value.items()}
+        return {"__items__": [[key, split_tensors(item, tensors, _child(path, key))] for key, item in value.items()]}
+    if isinstance(value, (list, tuple)):
+        return [split_tensors(item, tensors, _child(path, index)) for index, item in enumerate(value)]
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"checkpoint state at {path or '<root>'} holds a {type(value).__name__}, which is neither a tensor nor JSON")
+
+
+def join_tensors(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of `split_tensors` (tuples come back as lists)."""
+    if isinstance(value, dict):
+        if set(value) == {"__tensor__"}:
+            return tensors[value["__tensor__"]]
+        if set(value) == {"__ndarray__"}:
+            return tensors[value["__ndarray__"]].numpy()
+        if set(value) == {"__items__"}:
+            return {key: join_tensors(item, tensors) for key, item in value["__items__"]}
+        return {key: join_tensors(item, tensors) for key, item in value.items()}
+    if isinstance(value, list):
+        return [join_tensors(item, tensors) for item in value]
+    return value
 
 
 def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
+    """Tensors first, the JSON last (each written to a temporary name and renamed), so a crash mid-save leaves
+    the previous checkpoint readable or none at all, never a mix."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / CHECKPOINT_FILE
-    staging = path.with_suffix(".tmp")
-    torch.save(state, staging)
-    staging.replace(path)
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = split_tensors(state, tensors)
+    staging = directory / (TENSORS_FILE + ".tmp")
+    save_file(tensors, str(staging))
+    staging.replace(directory / TENSORS_FILE)
+    path = directory / STATE_FILE
+    path.with_suffix(".tmp").write_text(json.dumps(skeleton))
+    path.with_suffix(".tmp").replace(path)
     return path
 
 
+def has_checkpoint(directory: Path) -> bool:
+    return (Path(directory) / STATE_FILE).exists()
+
+
 def load_checkpoint(directory: Path) -> dict[str, Any]:
-    path = Path(directory) / CHECKPOINT_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, weights_only=False)
+    directory = Path(directory)
+    if not has_checkpoint(directory):
+        raise FileNotFoundError(f"no checkpoint at {directory / STATE_FILE}")
+    return join_tensors(json.loads((directory / STATE_FILE).read_text()), load_file(str(directory / TENSORS_FILE)))

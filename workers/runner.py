@@ -3,7 +3,7 @@
 `layersweep trial` calls `run_trial` (the whole loop in this process); the Ray Tune trainable calls the same
 runner one step per Tune iteration and lets Tune decide when to checkpoint. Either way the trial directory
 holds `metrics.jsonl` (one line per step, cut back to the restored step on resume) and, at the end,
-`score.json`.
+`score.json` and `trained.safetensors` (the tensors that trained, nothing else).
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from workers.checkpoint import load_checkpoint, save_checkpoint
+from safetensors.torch import save_file
+
+from workers.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from workers.config import TrialConfig
 from workers.metrics_log import MetricsLog
 from workers.spec import TrialSpec
@@ -25,6 +27,8 @@ log = logging.getLogger(__name__)
 SCORE_FILE = "score.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoint"
+TRAINED_FILE = "trained.safetensors"
+"""The trained tensors (only those that trained) of a finished training trial: what `layersweep export` reads."""
 
 
 class TrialRunner:
@@ -71,10 +75,14 @@ class TrialRunner:
         return record
 
     def finish(self) -> dict[str, Any]:
-        """Held-out evaluation of the trained weights, written to score.json and returned."""
+        """Held-out evaluation of the trained weights, written to score.json and returned; the trained tensors
+        go to trained.safetensors."""
         self._align_log()
         trial = self.trial
         checksum = trial.trainable_checksum()
+        if trial.trainable:
+            save_file({name: p.detach().contiguous() for name, p in trial.trainable.items()}, str(self.trial_dir / TRAINED_FILE),
+                      metadata={"trial": self.spec.name, "checksum": checksum})
         result = {
             "spec": self.spec.to_dict(),
             "trial": self.spec.name,
@@ -114,7 +122,7 @@ def run_trial(
     runner = TrialRunner(cfg, spec, trial_dir)
     checkpoint_dir = trial_dir / CHECKPOINT_DIR
     try:
-        if (checkpoint_dir / "trial_state.pt").exists():
+        if has_checkpoint(checkpoint_dir):
             runner.restore(checkpoint_dir)
         while not runner.done:
             record = runner.advance()

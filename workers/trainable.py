@@ -32,7 +32,7 @@ class TrainableSelection:
     @property
     def lowest_layer(self) -> int | None:
         """Lowest trainable decoder layer: no backward and no stored activation is needed below it."""
-        return min(self.spec.layers) if self.spec.kind == "layers" else None
+        return min(self.spec.layers) if self.spec.layers else None
 
 
 def find_decoder_layout(model: nn.Module) -> DecoderLayout:
