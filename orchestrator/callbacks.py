@@ -7,6 +7,7 @@ plain settings and rebuild their clients lazily.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,6 +16,7 @@ from ray import tune
 from orchestrator.report import progress_line
 from orchestrator.results import finished_status, results_frame, spec_from_config, trial_row
 from orchestrator.tracking import SweepTracker
+from workers.runner import METRICS_FILE, SCORE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,16 @@ def _spec(trial: Any) -> dict[str, Any]:
 
 def _name(trial: Any) -> str:
     return spec_from_config(trial.config).name
+
+
+def trial_params(config: dict[str, Any]) -> dict[str, str]:
+    """What a trial's MLflow run shows beside kind / layers / seed: its learning rate and RL steps."""
+    spec, trial_config = spec_from_config(config), config["trial"]["trial_config"]
+    if spec.kind == "base":
+        return {"steps": "0"}
+    optim = trial_config["optim"]
+    return {"lr": str(optim["lr_full"] if spec.kind == "full" else optim["lr_layers"]),
+            "steps": str(trial_config["budget"]["steps"])}
 
 
 class MlflowForwarder(tune.Callback):
@@ -48,14 +60,15 @@ class MlflowForwarder(tune.Callback):
         return self._tracker
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.tracker.trial_run(_name(trial), _spec(trial))
+        self.tracker.trial_run(_name(trial), _spec(trial), trial_params(trial.config))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         name = _name(trial)
         if "reward_mean" in result:
             self.tracker.log_step(name, _spec(trial), result)
         if result.get("done") and "score" in result and name not in self._finished:
-            self.tracker.finish_trial(name, _spec(trial), result)
+            trial_dir = Path(self.sweep_dir) / "trials" / name
+            self.tracker.finish_trial(name, _spec(trial), result, files=[trial_dir / METRICS_FILE, trial_dir / SCORE_FILE])
             self._finished.add(name)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -66,23 +79,46 @@ class MlflowForwarder(tune.Callback):
 
 
 class ProgressPrinter(tune.Callback):
-    """One line per finished or failed trial: counts and the best layer so far (the CLI passes `print`).
+    """One line per finished or failed trial, and every `every_s` seconds one line with the steps done over all
+    trials, trial counts, elapsed time, an ETA and the best layer so far (the CLI passes `print`).
 
     On `resume` Tune restores this callback without `emit`; it then logs instead of printing.
     """
 
-    def __init__(self, sweep: str, total: int, num_layers: int, emit: Callable[[str], None] = print) -> None:
+    def __init__(self, sweep: str, total: int, num_layers: int, steps_per_trial: int = 0, every_s: float = 30.0,
+                 emit: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic) -> None:
         self.sweep, self.total, self.num_layers, self.emit = sweep, total, num_layers, emit
+        self.steps_per_trial, self.every_s, self.clock = steps_per_trial, every_s, clock
         self.finals: dict[str, dict[str, Any]] = {}
         self.failed: set[str] = set()
+        self.steps: dict[str, int] = {}
+        """Last step reported by each trial."""
+        self.started = self.last_line = clock()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"sweep": self.sweep, "total": self.total, "num_layers": self.num_layers}
+        return {"sweep": self.sweep, "total": self.total, "num_layers": self.num_layers,
+                "steps_per_trial": self.steps_per_trial, "every_s": self.every_s}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state, emit=log.warning)
 
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        now = self.clock()
+        if now - self.last_line >= self.every_s:
+            self.last_line = now
+            self.emit(self.periodic_line(trials, now))
+
+    def periodic_line(self, trials: list, now: float) -> str:
+        training = sum(spec_from_config(t.config).kind != "base" for t in trials)
+        total_steps = training * self.steps_per_trial
+        done_steps = min(sum(self.steps.values()), total_steps)
+        elapsed = now - self.started
+        eta = f"ETA {elapsed * (total_steps - done_steps) / done_steps:.0f} s" if done_steps else "ETA unknown"
+        return f"progress: {done_steps}/{total_steps} steps, {elapsed:.0f} s elapsed, {eta} | {self.line(trials)}"
+
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if "step" in result:
+            self.steps[_name(trial)] = int(result["step"])
         if result.get("done") and "score" in result:
             self.finals[_name(trial)] = result
             self.emit(f"{_name(trial)} score {result['score']:.3f} | {self.line(trials)}")

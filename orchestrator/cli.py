@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 from orchestrator.config import ConfigError, load_sweep_config, parse_override
@@ -52,18 +53,29 @@ def cmd_trial(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verdict(table, min_finished_layer_share: float = 1.0) -> int:
+    """The sweep's exit status; why it is not 0 goes to stderr."""
+    from orchestrator.results import sweep_verdict
+
+    code, reason = sweep_verdict(table, min_finished_layer_share)
+    if reason:
+        print(f"layersweep: error: {reason}", file=sys.stderr)
+    return code
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.driver import run_sweep
-    from orchestrator.results import sweep_exit_code
 
-    return sweep_exit_code(run_sweep(_load(args), address=args.address, include_dashboard=not args.no_dashboard))
+    cfg = _load(args)
+    return _verdict(run_sweep(cfg, address=args.address, include_dashboard=not args.no_dashboard), cfg.min_finished_layer_share)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from orchestrator.driver import resume_sweep
-    from orchestrator.results import sweep_exit_code
+    from orchestrator.driver import load_sweep, resume_sweep
 
-    return sweep_exit_code(resume_sweep(Path(args.sweep_dir), address=args.address, include_dashboard=not args.no_dashboard))
+    _, cfg, _ = load_sweep(Path(args.sweep_dir))
+    table = resume_sweep(Path(args.sweep_dir), address=args.address, include_dashboard=not args.no_dashboard)
+    return _verdict(table, cfg.min_finished_layer_share)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -89,7 +101,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from orchestrator.aggregate import summarize
     from orchestrator.driver import train_subset
-    from orchestrator.results import load_results, sweep_exit_code
+    from orchestrator.results import load_results
     from orchestrator.selection import select_listed, select_middle_block, select_top_k
 
     sweep_dir = Path(args.sweep_dir)
@@ -105,7 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"  {reason}")
     table = train_subset(sweep_dir, selection.layers, selection.label, args.seeds, address=args.address,
                          include_dashboard=not args.no_dashboard)
-    return sweep_exit_code(table[table["kind"] == "subset"])
+    return _verdict(table[table["kind"] == "subset"])
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -213,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as error:
+        if args.verbose:  # the one-line error stays last; -v shows where it came from
+            traceback.print_exc()
         print(f"layersweep: error: {error}", file=sys.stderr)
         return 2
 

@@ -4,6 +4,7 @@ tracking). YAML files in `configs/` are presets of this one tree; errors are one
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,9 +58,16 @@ class SweepConfig(TrialConfig):
     include_full: bool = True
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
-    output_dir: str = "runs"
+    output_dir: str = Field(default_factory=lambda: os.environ.get("LAYERSWEEP_OUTPUT_DIR", "runs"))
+    """Where sweep directories go: $LAYERSWEEP_OUTPUT_DIR (the cluster manifests set it to the shared volume every
+    pod mounts, /mnt/layersweep/sweeps), else `runs` under the working directory."""
     max_failures: int = Field(2, ge=0)
     """Retries per trial; a retry resumes from the trial's last checkpoint."""
+    progress_every_s: float = Field(30.0, gt=0)
+    """Seconds between the driver's progress lines (steps done over all trials, ETA, best layer so far)."""
+    min_finished_layer_share: float = Field(1.0, ge=0, le=1)
+    """The sweep exits non-zero (a `ray job` / RayJob then fails) when fewer than this share of its layer trials
+    finished; a failed base or full-parameter trial always does."""
 
     @model_validator(mode="after")
     def _seeds_unique(self) -> "SweepConfig":

@@ -43,9 +43,9 @@ def start_ray(address: str | None, num_cpus: int | None = None, include_dashboar
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # lets the local dashboard's /api answer without a token
     if address:
-        context = ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-    else:
-        context = ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard, ignore_reinit_error=True, log_to_driver=False)
+        context = ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
+    else:  # trials' own output (warnings, tracebacks) reaches this driver, hence `ray job logs`
+        context = ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard, ignore_reinit_error=True, log_to_driver=True)
     url = getattr(context, "dashboard_url", None)
     return f"http://{url}" if url and not url.startswith("http") else url
 
@@ -63,7 +63,8 @@ def _connect(cfg: SweepConfig, sweep_dir: Path, dashboard: str | None, emit: Cal
         emit(f"Ray dashboard: {dashboard}")
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri, sweep_dir)
     tracker = SweepTracker(uri, cfg.tracking.experiment, sweep_dir)
-    tracker.start_sweep(cfg.name, cfg.model_dump(mode="json"))
+    resolved = json.loads((sweep_dir / PLAN_FILE).read_text()).get("resolved", {})
+    tracker.start_sweep(cfg.name, cfg.model_dump(mode="json"), resolved)
     return uri, tracker
 
 
@@ -86,16 +87,18 @@ def _trainable(cfg: SweepConfig) -> Any:
 def prepare(cfg: SweepConfig) -> tuple[Path, list[TrialSpec], int]:
     """Write the resolved config, build the embedded model once (trials then load it), check that the task's
     data loads and is complete (a bad row fails here, not minutes into every trial), plan the trials."""
-    from workers.base_model import check_task_loads, resolve_model_dir
+    from workers.base_model import check_task_loads, model_revision, resolve_model_dir
 
     model_dir = resolve_model_dir(cfg.trial_config())
-    check_task_loads(cfg.trial_config(), model_dir)
+    resolved = {"model_dir": str(model_dir), "model_revision": model_revision(model_dir),
+                "task_digest": check_task_loads(cfg.trial_config(), model_dir)}
     num_layers = model_num_layers(model_dir)
     specs = plan_trials(cfg, num_layers)
     sweep_dir = cfg.sweep_dir.resolve()  # written only once the inputs are known good: a bad config run
     sweep_dir.mkdir(parents=True, exist_ok=True)  # over an earlier sweep's directory leaves it as it was
     (sweep_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    (sweep_dir / PLAN_FILE).write_text(json.dumps({"num_layers": num_layers, "trials": [s.to_dict() for s in specs]}, indent=2))
+    plan = {"num_layers": num_layers, "resolved": resolved, "trials": [s.to_dict() for s in specs]}
+    (sweep_dir / PLAN_FILE).write_text(json.dumps(plan, indent=2))
     return sweep_dir, specs, num_layers
 
 
@@ -180,7 +183,8 @@ def _run_config(cfg: SweepConfig, sweep_dir: Path, experiment: str, uri: str, to
         storage_path=str(sweep_dir),
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
         checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=cfg.checkpoint_every, num_to_keep=2),
-        callbacks=[MlflowForwarder(uri, cfg.tracking.experiment, str(sweep_dir)), ProgressPrinter(cfg.name, total, num_layers, emit)],
+        callbacks=[MlflowForwarder(uri, cfg.tracking.experiment, str(sweep_dir)),
+                   ProgressPrinter(cfg.name, total, num_layers, cfg.budget.steps, cfg.progress_every_s, emit)],
         verbose=0,
     )
 
@@ -221,5 +225,7 @@ def finish(cfg: SweepConfig, sweep_dir: Path, table: pd.DataFrame, tracker: Swee
     tracker.finish_sweep([sweep_dir / RESULTS_FILE, *artifacts], status="FAILED" if failed == len(table) else "FINISHED",
                          metrics={"wall_seconds": seconds, "failed_trials": float(failed), **summary_metrics})
     emit(summary_text)
+    for row in table[table["status"] == "failed"].itertuples():
+        emit(f"FAILED {row.trial}: {row.error}")
     emit(f"sweep finished in {seconds:.0f} s; results in {sweep_dir}")
     return table

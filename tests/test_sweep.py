@@ -46,6 +46,8 @@ def _trial_runs(sweep_dir: Path, experiment: str = "layersweep"):
 
 def test_sweep_end_to_end_artifacts_and_mlflow_agree(local_ray, tmp_path):
     from orchestrator.driver import run_sweep
+    from orchestrator.tracking import TUNE_BOOKKEEPING
+    from workers.base_model import resolve_model_dir
 
     cfg = load_sweep_config(TINY, _overrides(tmp_path))
     table = run_sweep(cfg, emit=lambda line: None, include_dashboard=False)
@@ -71,6 +73,13 @@ def test_sweep_end_to_end_artifacts_and_mlflow_agree(local_ray, tmp_path):
         assert run.data.tags["trainable_checksum"] == row["trainable_checksum"]
         history = client.get_metric_history(run.info.run_id, "reward_mean")
         assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(1, row["steps"] + 1))
+        assert run.data.params["kind"] == row["kind"] and run.data.params["steps"] == ("0" if row["kind"] == "base" else "2")
+        assert run.data.params.get("lr") == {"base": None, "full": str(cfg.optim.lr_full)}.get(row["kind"], str(cfg.optim.lr_layers))
+        assert not TUNE_BOOKKEEPING & set(run.data.metrics)  # pid, timestamps, iteration counters stay out
+        assert {"metrics.jsonl", "score.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    plan = json.loads((sweep_dir / "plan.json").read_text())
+    assert parent[0].data.tags["resolved.task_digest"] == plan["resolved"]["task_digest"] and len(plan["resolved"]["task_digest"]) == 64
+    assert parent[0].data.tags["resolved.model_dir"] == str(resolve_model_dir(cfg.trial_config()))
     # the base trial trains nothing; layer trials train one layer's tensors only
     params = dict(zip(table["trial"], table["trainable_parameters"]))
     assert params["base-s0"] == 0 and 0 < params["layer00-s0"] < params["full-s0"]

@@ -206,10 +206,19 @@ def resolve_model_dir(cfg: TrialConfig) -> Path | str:
     return ensure_embedded_model(cfg.model, fingerprint, pairs, accuracy_factory)
 
 
-def check_task_loads(cfg: TrialConfig, model_dir: Path | str) -> None:
+def check_task_loads(cfg: TrialConfig, model_dir: Path | str) -> str:
     """Build the task once with the model's own tokenizer, so bad data (a missing field, an empty split, an
-    unreadable file) is a one-line error before any trial starts rather than in every trial."""
-    build_task(cfg.task, AutoTokenizer.from_pretrained(str(model_dir)))
+    unreadable file) is a one-line error before any trial starts rather than in every trial. Returns the task
+    data's digest (what the trials train and evaluate on, however the config spells it)."""
+    return task_fingerprint(build_task(cfg.task, AutoTokenizer.from_pretrained(str(model_dir))))
+
+
+def model_revision(model_dir: Path | str) -> str:
+    """The hub commit a hub model resolved to; for a local directory (the embedded and GGUF caches are named by
+    content digest) its path."""
+    from transformers import AutoConfig
+
+    return getattr(AutoConfig.from_pretrained(str(model_dir)), "_commit_hash", None) or str(model_dir)
 
 
 def load_model_and_tokenizer(path_or_id: str | Path, dtype: str = "float32") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
