@@ -7,7 +7,8 @@ the gain S_full - S_base stands clear of evaluation noise; when it does not, con
 only raw deltas S_i - S_base are reported.
 
 Input: one sweep's results table, one row per trial, columns
-`sweep, trial, kind (base|full|layers), layer (Int64, null unless kind=layers), num_layers, seed,
+`sweep, trial, kind (base|full|layers|subset), layer (Int64, null unless kind=layers), layers (`3+4`, the
+trained set of a subset), label (how a subset was chosen), num_layers, seed,
 score (float, null when failed), status (done|failed|running|no_learning)`; optional `eval_size` and any others are
 ignored. Pure functions: no I/O, no Ray, no MLflow.
 """
@@ -148,7 +149,7 @@ def trial_counts(results: pd.DataFrame) -> dict[str, int]:
         status = results["score"].notna().map({True: "done", False: "failed"})
     return {"done": int((status == "done").sum()), "running": int((status == "running").sum()),
             "failed": int((status == "failed").sum()), "no_learning": int((status == "no_learning").sum()),
-            "total": len(results)}
+            "stopped": int((status == "stopped").sum()), "total": len(results)}
 
 
 def binomial_var(p: float, n: float) -> float:
@@ -316,6 +317,18 @@ def secondary_means(done: pd.DataFrame) -> dict[str, dict[str, float]]:
     return {g: {c: float(means.loc[g, c]) for c in columns if pd.notna(means.loc[g, c])} for g in order}
 
 
+def early_stop_message(results: pd.DataFrame, stopped_rows: pd.DataFrame, stopped_layers: list[int]) -> str:
+    """Which trials early stopping ended, and the trial-steps the sweep spent against running everything."""
+    training = results[results["kind"] != "base"]
+    steps = pd.to_numeric(training["steps"], errors="coerce").fillna(0)
+    budget = int(steps.max()) if len(steps) else 0
+    spent, exhaustive = int(steps.sum()), budget * len(training)
+    share = f" ({spent / exhaustive:.0%})" if exhaustive else ""
+    layers = f"; layers with no finished seed (unranked): {stopped_layers}" if stopped_layers else ""
+    return (f"early stopping ended {len(stopped_rows)} layer trial(s) (not ranked: {', '.join(stopped_rows['trial'].astype(str))})"
+            f"{layers}; trial-steps spent {spent} of {exhaustive}{share}")
+
+
 def summarize(results: pd.DataFrame, z: float = 2.0, abs_threshold: float = 0.02) -> SweepSummary:
     """Aggregate one sweep's results table (schema in the module docstring) into a SweepSummary.
 
@@ -353,7 +366,11 @@ def summarize(results: pd.DataFrame, z: float = 2.0, abs_threshold: float = 0.02
         for layer, group in layer_rows.groupby("layer")
     ]
     all_layers = results.loc[results["kind"] == "layers", "layer"].dropna().astype(int).unique()
-    unfinished = sorted({int(i) for i in all_layers} - {c.layer for c in layers})
+    stopped_rows = results[(results["kind"] == "layers") & (results["status"] == "stopped")] if "status" in results.columns else results.iloc[0:0]
+    stopped = sorted({int(i) for i in stopped_rows["layer"].dropna()} - {c.layer for c in layers})
+    if len(stopped_rows):
+        messages.append(early_stop_message(results, stopped_rows, stopped))
+    unfinished = sorted({int(i) for i in all_layers} - {c.layer for c in layers} - set(stopped))
     if unfinished:
         messages.append(f"layers without a finished trial (left out): {unfinished}")
     if not layers:

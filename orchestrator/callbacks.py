@@ -16,6 +16,7 @@ from ray import tune
 from orchestrator.report import progress_line
 from orchestrator.results import finished_status, results_frame, spec_from_config, trial_row
 from orchestrator.tracking import SweepTracker
+from workers.config import OptimConfig
 from workers.runner import METRICS_FILE, SCORE_FILE
 
 log = logging.getLogger(__name__)
@@ -34,9 +35,8 @@ def trial_params(config: dict[str, Any]) -> dict[str, str]:
     spec, trial_config = spec_from_config(config), config["trial"]["trial_config"]
     if spec.kind == "base":
         return {"steps": "0"}
-    optim = trial_config["optim"]
-    return {"lr": str(optim["lr_full"] if spec.kind == "full" else optim["lr_layers"]),
-            "steps": str(trial_config["budget"]["steps"])}
+    optim = OptimConfig.model_validate(trial_config["optim"])
+    return {"lr": str(optim.lr_for(spec.kind)), "steps": str(trial_config["budget"]["steps"])}
 
 
 class MlflowForwarder(tune.Callback):
@@ -77,6 +77,13 @@ class MlflowForwarder(tune.Callback):
             self.tracker.finish_trial(name, _spec(trial), {}, status="FAILED")
             self._finished.add(name)
 
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """A trial that ended without its final result: stopped early by the scheduler."""
+        name = _name(trial)
+        if name not in self._finished:
+            self.tracker.finish_trial(name, _spec(trial), {}, status="KILLED")
+            self._finished.add(name)
+
 
 class ProgressPrinter(tune.Callback):
     """One line per finished or failed trial, and every `every_s` seconds one line with the steps done over all
@@ -91,6 +98,7 @@ class ProgressPrinter(tune.Callback):
         self.steps_per_trial, self.every_s, self.clock = steps_per_trial, every_s, clock
         self.finals: dict[str, dict[str, Any]] = {}
         self.failed: set[str] = set()
+        self.stopped: set[str] = set()
         self.steps: dict[str, int] = {}
         """Last step reported by each trial."""
         self.started = self.last_line = clock()
@@ -127,6 +135,11 @@ class ProgressPrinter(tune.Callback):
         self.failed.add(_name(trial))
         self.emit(f"{_name(trial)} FAILED | {self.line(trials)}")
 
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if _name(trial) not in self.finals:
+            self.stopped.add(_name(trial))
+            self.emit(f"{_name(trial)} stopped early at step {self.steps.get(_name(trial), 0)} | {self.line(trials)}")
+
     def line(self, trials: list) -> str:
         rows = []
         for trial in trials:
@@ -136,6 +149,8 @@ class ProgressPrinter(tune.Callback):
                 rows.append(trial_row(self.sweep, spec, self.num_layers, self.finals[name], finished_status(self.finals[name])))
             elif name in self.failed:
                 rows.append(trial_row(self.sweep, spec, self.num_layers, {}, "failed"))
+            elif name in self.stopped:
+                rows.append(trial_row(self.sweep, spec, self.num_layers, {}, "stopped"))
             elif trial.status == "RUNNING":
                 rows.append(trial_row(self.sweep, spec, self.num_layers, {}, "running"))
         return progress_line(results_frame(rows), total=self.total)

@@ -115,9 +115,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"training layers {'+'.join(map(str, selection.layers))} together ({selection.label}):")
     for reason in selection.reasons:
         print(f"  {reason}")
-    table = train_subset(sweep_dir, selection.layers, selection.label, args.seeds, address=args.address,
-                         include_dashboard=not args.no_dashboard)
-    return _verdict(table[table["kind"] == "subset"])
+    if args.seeds and len(set(args.seeds)) != len(args.seeds):
+        raise ValueError(f"--seeds {' '.join(map(str, args.seeds))} repeats a seed")
+    table, planned = train_subset(sweep_dir, selection.layers, selection.label, args.seeds, address=args.address,
+                                  include_dashboard=not args.no_dashboard)
+    return _verdict(table[table["trial"].isin(planned)])  # this run's trials, not sets trained before
 
 
 def cmd_export(args: argparse.Namespace) -> int:

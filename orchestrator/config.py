@@ -41,6 +41,17 @@ class ResourcesConfig(Section):
         return self
 
 
+class EarlyStopConfig(Section):
+    """Successive halving (ASHA) over the layer trials; base and full always run to the end."""
+
+    grace_steps: int = Field(10, ge=1)
+    """No layer trial is stopped before this step; later checks come at grace * factor, grace * factor^2, ..."""
+    reduction_factor: float = Field(3.0, gt=1)
+    """At each check only the best 1/factor of the trials that reached that step continue."""
+    smoothing_steps: int = Field(5, ge=1)
+    """The compared signal is the mean training reward over this many latest steps (one step is noisy)."""
+
+
 class TrackingConfig(Section):
     tracking_uri: str | None = None
     """MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/<name>/mlflow.db."""
@@ -63,6 +74,9 @@ class SweepConfig(TrialConfig):
     pod mounts, /mnt/layersweep/sweeps), else `runs` under the working directory."""
     max_failures: int = Field(2, ge=0)
     """Retries per trial; a retry resumes from the trial's last checkpoint."""
+    early_stop: EarlyStopConfig | None = None
+    """Stop weak layer trials early (ASHA on the moving training reward); None = every trial runs to the end.
+    Stopped trials are reported as `stopped` and never ranked."""
     progress_every_s: float = Field(30.0, gt=0)
     """Seconds between the driver's progress lines (steps done over all trials, ETA, best layer so far)."""
     min_finished_layer_share: float = Field(1.0, ge=0, le=1)
@@ -82,6 +96,11 @@ class SweepConfig(TrialConfig):
         if seed is not None:
             data["seed"] = seed
         return TrialConfig.model_validate(data)
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds every trial runs with: `seeds`, else just `seed`."""
+        return self.seeds or [self.seed]
 
     @property
     def sweep_dir(self) -> Path:

@@ -20,10 +20,11 @@ from ray import tune
 
 from orchestrator.callbacks import MlflowForwarder, ProgressPrinter
 from orchestrator.config import SweepConfig, parse_sweep_config
+from orchestrator.early_stop import layer_scheduler
 from orchestrator.plan import plan_trials
 from orchestrator.resources import check_cluster_fits
 from orchestrator.report import render_sweep
-from orchestrator.results import (CONFIG_FILE, PLAN_FILE, RESULTS_FILE, TUNE_DIR, finished_status, label_from_config,
+from orchestrator.results import (FINISHED, CONFIG_FILE, PLAN_FILE, RESULTS_FILE, TUNE_DIR, finished_status, label_from_config,
                                   load_results, results_frame, spec_from_config, trial_row)
 from orchestrator.tracking import SweepTracker, resolve_tracking_uri
 from orchestrator.tune_trainable import LayerTrainable
@@ -119,6 +120,7 @@ def _tuner(cfg: SweepConfig, sweep_dir: Path, specs: list[TrialSpec], experiment
     param_space = {
         "trial": tune.grid_search([{"spec": s.to_dict(), "trial_config": per_seed[s.seed], "label": label} for s in specs]),
         "trials_dir": str(sweep_dir / "trials"),
+        "signal_window": cfg.early_stop.smoothing_steps if cfg.early_stop else 5,
     }
     return tune.Tuner(
         _trainable(cfg),
@@ -127,6 +129,7 @@ def _tuner(cfg: SweepConfig, sweep_dir: Path, specs: list[TrialSpec], experiment
             max_concurrent_trials=cfg.resources.max_concurrent_trials,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
+            scheduler=layer_scheduler(cfg.early_stop, cfg.budget.steps) if cfg.early_stop else None,
         ),
         run_config=_run_config(cfg, sweep_dir, experiment, uri, len(specs), num_layers, emit),
     )
@@ -143,15 +146,18 @@ def load_sweep(sweep_dir: Path) -> tuple[Path, SweepConfig, int]:
 
 
 def train_subset(sweep_dir: Path, layers: tuple[int, ...], label: str, seeds: list[int] | None = None,
-                 address: str | None = None, emit: Callable[[str], None] = print, include_dashboard: bool = True) -> pd.DataFrame:
+                 address: str | None = None, emit: Callable[[str], None] = print,
+                 include_dashboard: bool = True) -> tuple[pd.DataFrame, list[str]]:
     """Train `layers` together, one trial per seed, with the sweep's config otherwise; the rows join the
-    sweep's results table and report, the runs nest under the sweep's MLflow parent run."""
+    sweep's results table and report, the runs nest under the sweep's MLflow parent run. Returns the whole
+    table and the names of the trials this call ran. An interrupted `train` is continued by running the same
+    `train` again (finished seeds are kept), not by `resume`, which restores the sweep's own trials."""
     started = time.time()
     sweep_dir, cfg, num_layers = load_sweep(sweep_dir)
     previous = load_results(sweep_dir)  # the sweep must have finished: its ranking chose these layers
-    seeds = seeds or cfg.seeds or [cfg.seed]
+    seeds = seeds or cfg.seed_list
     specs = [TrialSpec("subset", tuple(sorted(layers)), seed=seed) for seed in seeds]
-    finished_before = set(previous.loc[previous["status"].isin(["done", "no_learning"]), "trial"])
+    finished_before = set(previous.loc[previous["status"].isin(FINISHED), "trial"])
     if all(spec.name in finished_before for spec in specs):
         raise ValueError(f"{', '.join(s.name for s in specs)} already finished in {sweep_dir}; their results are kept "
                          "(choose other seeds with --seeds)")
@@ -163,7 +169,7 @@ def train_subset(sweep_dir: Path, layers: tuple[int, ...], label: str, seeds: li
          f"seeds {seeds}; MLflow {uri}")
     results = _tuner(cfg, sweep_dir, specs, experiment, uri, num_layers, emit, label).fit()
     table = with_earlier_rows(sweep_dir, results_table(cfg, results, num_layers))
-    return finish(cfg, sweep_dir, table, tracker, num_layers, time.time() - started, emit)
+    return finish(cfg, sweep_dir, table, tracker, num_layers, time.time() - started, emit), [s.name for s in specs]
 
 
 def with_earlier_rows(sweep_dir: Path, added: pd.DataFrame) -> pd.DataFrame:
@@ -211,7 +217,8 @@ def results_table(cfg: SweepConfig, results: Any, num_layers: int) -> pd.DataFra
         metrics = result.metrics or {}
         done = result.error is None and "score" in metrics
         error = str(result.error).strip().splitlines()[-1][:300] if result.error else None
-        status = finished_status(metrics) if done else "failed"
+        stopped = cfg.early_stop is not None and spec.kind == "layers" and result.error is None and not done
+        status = finished_status(metrics) if done else "stopped" if stopped else "failed"
         rows.append(trial_row(cfg.name, spec, num_layers, metrics, status, error, label_from_config(result.config)))
     return results_frame(rows)
 

@@ -23,7 +23,7 @@ def candidate_layers(layers: str | list[int] | LayerRange, num_layers: int) -> l
 
 
 def plan_trials(cfg: SweepConfig, num_layers: int) -> list[TrialSpec]:
-    seeds = cfg.seeds or [cfg.seed]
+    seeds = cfg.seed_list
     specs: list[TrialSpec] = []
     if cfg.include_base:  # greedy evaluation of fixed weights: one base trial serves every seed
         specs.append(TrialSpec("base", seed=seeds[0]))

@@ -41,7 +41,8 @@ def headline(summary: SweepSummary) -> list[str]:
     c = summary.counts
     lines = [
         f"model depth L = {summary.num_layers}; trials: {c.get('done', 0)} done, {c.get('running', 0)} running, {c.get('failed', 0)} failed"
-        + (f", {c['no_learning']} without learning" if c.get("no_learning") else ""),
+        + (f", {c['no_learning']} without learning" if c.get("no_learning") else "")
+        + (f", {c['stopped']} stopped early" if c.get("stopped") else ""),
         f"S_base = {_f(summary.base_score)}, S_full = {_f(summary.full_score)}, gain = {_f(summary.noise.gain, '+.3f')}",
         *summary.messages,
     ]
@@ -140,6 +141,8 @@ def progress_line(results: pd.DataFrame, total: int | None = None) -> str:
     summary = summarize(results)
     c = summary.counts
     text = f"{c['done']}/{total if total is not None else c['total']} trials done, {c['running']} running, {c['failed']} failed"
+    if c.get("stopped"):
+        text += f", {c['stopped']} stopped early"
     if summary.best_layer is None:
         return text + "; no layer finished yet"
     best = next(x for x in summary.layers if x.layer == summary.best_layer)

@@ -17,6 +17,11 @@ TUNE_DIR = "tune"
 """Ray Tune's experiment directory inside the sweep directory (what `layersweep resume` restores)."""
 
 
+FINISHED = ("done", "no_learning")
+ENDED_AS_PLANNED = (*FINISHED, "stopped")
+"""`stopped`: a layer trial that early stopping ended; it has no held-out score and is never ranked."""
+
+
 def spec_from_config(config: dict[str, Any]) -> TrialSpec:
     """The TrialSpec inside a Tune trial's config (see driver.run_sweep's param_space)."""
     return TrialSpec.from_dict(config["trial"]["spec"])
@@ -46,11 +51,11 @@ def finished_status(metrics: dict[str, Any]) -> str:
 
 def trial_row(sweep: str, spec: TrialSpec, num_layers: int, metrics: dict[str, Any], status: str, error: str | None = None,
               label: str | None = None) -> dict[str, Any]:
-    """status: done | running | failed | no_learning (a training trial whose weights did not move with a learning
-    signal: it finished, its score is kept for the record, but it is never ranked); `score` is kept only for
-    finished trials. `layers` spells the trained layers (`3+4`) of layer and subset trials; `label` says how a
+    """status: done | running | failed | stopped (ended early by early stopping: no held-out score, never ranked) |
+    no_learning (a training trial whose weights did not move with a learning signal: it finished, its score is
+    kept for the record, but it is never ranked); `score` is kept only for finished trials. `layers` spells the trained layers (`3+4`) of layer and subset trials; `label` says how a
     subset was chosen (`top-2`)."""
-    finished = status in ("done", "no_learning")
+    finished = status in FINISHED
     return {
         "sweep": sweep,
         "trial": spec.name,
@@ -91,7 +96,6 @@ def load_results(sweep_dir: Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-FINISHED = ("done", "no_learning")
 
 
 def sweep_verdict(table: pd.DataFrame, min_finished_layer_share: float = 1.0) -> tuple[int, str | None]:
@@ -103,7 +107,7 @@ def sweep_verdict(table: pd.DataFrame, min_finished_layer_share: float = 1.0) ->
     one); else 0.
     """
     def failures(kinds: tuple[str, ...]) -> pd.DataFrame:
-        return table[table["kind"].isin(kinds) & ~table["status"].isin(FINISHED)]
+        return table[table["kind"].isin(kinds) & ~table["status"].isin(ENDED_AS_PLANNED)]
 
     def listed(rows: pd.DataFrame) -> str:
         errors = rows["error"] if "error" in rows.columns else pd.Series([None] * len(rows), index=rows.index)
@@ -114,7 +118,7 @@ def sweep_verdict(table: pd.DataFrame, min_finished_layer_share: float = 1.0) ->
         return 1, f"{len(references)} reference or trained-set trial(s) did not finish ({listed(references)})"
     layers = table[table["kind"] == "layers"]
     if len(layers):
-        share = float(layers["status"].isin(FINISHED).mean())
+        share = float(layers["status"].isin(ENDED_AS_PLANNED).mean())
         if share < min_finished_layer_share:
             failed = failures(("layers",))
             return 1, (f"{share:.0%} of the layer trials finished, below min_finished_layer_share="

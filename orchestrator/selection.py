@@ -38,8 +38,8 @@ def _describe(c: LayerContribution, basis: str) -> str:
 
 
 def select_top_k(summary: SweepSummary, k: int) -> LayerSelection:
-    """The k best layers of the sweep's ranking (by mean contribution over seeds when the full-parameter gain
-    is resolved, else by mean delta over the base)."""
+    """The k best layers of the sweep's ranking: by mean contribution over seeds when the full-parameter gain is
+    resolved, else by mean delta over the base, else (no base) by mean score."""
     if k < 1:
         raise ValueError(f"--top-k {k}: choose at least one layer")
     if math.isnan(summary.full_score):
@@ -51,8 +51,9 @@ def select_top_k(summary: SweepSummary, k: int) -> LayerSelection:
     basis = summary.ranked_by
     by_layer = {c.layer: c for c in summary.layers}
     chosen = [by_layer[layer] for layer in summary.ranking[:k]]
-    reasons = [f"ranked by {basis}" + ("" if basis == "contribution" else
-                                       " (the full-parameter gain is within noise, so contributions are not resolved)")]
+    why = {"contribution": "", "delta": " (the full-parameter gain is within noise, so contributions are not resolved)",
+           "score": " (no finished base trial: raw scores, not gains)"}
+    reasons = [f"ranked by {basis}{why.get(basis, '')}"]
     reasons += [_describe(c, basis) for c in chosen]
     if k < len(summary.ranking):
         last, first_out = chosen[-1], by_layer[summary.ranking[k]]

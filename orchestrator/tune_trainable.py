@@ -8,6 +8,7 @@ filesystem needed on a cluster).
 from __future__ import annotations
 
 import os
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ from workers.runner import TrialRunner
 
 
 class LayerTrainable(tune.Trainable):
-    """config = {"trial": {"spec": TrialSpec dict, "trial_config": TrialConfig dict}, "trials_dir": str}."""
+    """config = {"trial": {"spec": TrialSpec dict, "trial_config": TrialConfig dict, "label": str | None},
+    "trials_dir": str, "signal_window": int}."""
 
     def setup(self, config: dict[str, Any]) -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -34,6 +36,8 @@ class LayerTrainable(tune.Trainable):
         self.runner = TrialRunner(cfg, spec, Path(config["trials_dir"]) / spec.name, num_threads=cpus)
         self.node = ray.get_runtime_context().get_node_id()
         """The Ray node this attempt runs on; reported with every result (a retried trial may move)."""
+        self.recent_rewards: deque[float] = deque(maxlen=int(config.get("signal_window", 5)))
+        """The latest training rewards: their mean is the running signal early stopping compares."""
         self.restored_at_step: int | None = None
         """The checkpoint step this attempt resumed from (None: it started from scratch)."""
 
@@ -42,15 +46,20 @@ class LayerTrainable(tune.Trainable):
         if runner.done:  # base trial, or a restored trial whose training had finished
             return self._final({"step": runner.step})
         record = runner.advance()
+        self.recent_rewards.append(float(record["reward_mean"]))
         if runner.done:
             return self._final(record)
-        return {**record, "trial_name": runner.spec.name, "node": self.node}
+        return {**record, **self._signal(), "trial_name": runner.spec.name, "node": self.node}
+
+    def _signal(self) -> dict[str, float]:
+        """The running signal early stopping compares: the mean of the latest training rewards (0 before any)."""
+        return {"reward_moving_mean": sum(self.recent_rewards) / len(self.recent_rewards) if self.recent_rewards else 0.0}
 
     def _final(self, record: dict[str, Any]) -> dict[str, Any]:
         final = dict(self.runner.finish())
         final.pop("spec")
-        return {**record, **final, "trial_name": self.runner.spec.name, "node": self.node, "restored_at_step": self.restored_at_step,
-                "done": True}
+        return {**record, **final, **self._signal(), "trial_name": self.runner.spec.name, "node": self.node,
+                "restored_at_step": self.restored_at_step, "done": True}
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         self.runner.save(Path(checkpoint_dir))

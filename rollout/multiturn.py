@@ -9,8 +9,8 @@ engine's greedy completion as the action, evaluates a policy (`MultiTurnSettings
 
 Each step is one training row: its prompt (the rendered history) and its action tokens, exactly as the
 engine sampled them, so the trainer scores what was generated. `flatten_groups` lays the rows out like a
-`RolloutBatch` (prompts left-padded, actions right-padded); `workers.collect.env_row_advantages` gives each
-row its GiGPO advantage in the same order.
+`RolloutBatch` (prompts left-padded, actions right-padded), in the order (group, trajectory, turn) in which
+the trainer's advantage estimators return one advantage per step.
 """
 
 from __future__ import annotations

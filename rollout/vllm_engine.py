@@ -171,6 +171,7 @@ class VllmEngine:
                 max_model_len=cfg.max_model_len,
                 enforce_eager=eager,
                 logprobs_mode="processed_logprobs",
+                use_tqdm_on_load=False,  # every trial starts an engine: no progress bars in the driver's log
                 **kwargs,
             )
         finally:

@@ -148,7 +148,7 @@ def test_failed_and_running_trials_are_excluded_and_missing_layers_absent():
     s = summarize(table({0: 0.4}, {0: 0.6}, {0: {0: 0.5}}, extra=extra))
     assert [c.layer for c in s.layers] == [0]
     assert s.full_score == pytest.approx(0.6)
-    assert s.counts == {"done": 3, "running": 1, "failed": 2, "no_learning": 0, "total": 6, "base_seeds": 1, "full_seeds": 1}
+    assert s.counts == {"done": 3, "running": 1, "failed": 2, "no_learning": 0, "stopped": 0, "total": 6, "base_seeds": 1, "full_seeds": 1}
     assert any("[2, 3]" in m for m in s.messages)
 
 

@@ -92,3 +92,22 @@ def test_aggregation_is_invariant_to_micro_batching(name):
     den = agg.denominator(mask, 5)
     parts = sum(agg.numerator(loss[i : i + 2], mask[i : i + 2]) / den for i in range(0, 6, 2))
     assert torch.allclose(whole, parts)
+
+
+def test_truncated_is_weight_hand_computed():
+    trainer = torch.tensor([[math.log(0.5), math.log(0.9)]])
+    engine = torch.tensor([[math.log(0.25), math.log(0.9)]])  # ratio 2 and 1
+    assert torch.allclose(truncated_is_weight(trainer, engine, cap=1.5), torch.tensor([[1.5, 1.0]]))
+    assert torch.allclose(truncated_is_weight(trainer, engine, cap=10.0), torch.tensor([[2.0, 1.0]]))
+
+
+def test_policy_token_loss_adds_the_weighted_kl_to_the_is_weighted_clip_loss():
+    logp = torch.tensor([[math.log(0.5)]])
+    ref = torch.tensor([[math.log(0.25)]])  # k3: exp(ref - logp) - (ref - logp) - 1 = 0.5 + ln 2 - 1
+    out = policy_token_loss(logp, logp, torch.tensor([2.0]), 0.2, 0.2, is_weight_NT=torch.tensor([[0.5]]), ref_logp_NT=ref, kl_beta=0.1)
+    kl = 0.5 + math.log(2) - 1
+    assert out.pg_NT.item() == pytest.approx(-1.0)  # ratio 1: -A * weight = -2 * 0.5
+    assert out.kl_NT.item() == pytest.approx(kl, abs=1e-6)
+    assert out.loss_NT.item() == pytest.approx(-1.0 + 0.1 * kl, abs=1e-6) and not out.clipped_NT.any()
+    plain = policy_token_loss(logp, logp, torch.tensor([2.0]), 0.2, 0.2)
+    assert plain.kl_NT is None and plain.loss_NT.item() == pytest.approx(-2.0)

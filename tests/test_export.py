@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -52,7 +51,8 @@ def test_export_loads_with_hf_and_greedy_matches_the_trainer(trained_subset, tmp
     from workers.export import export_trial
 
     cfg, base_dir, trial_dir, prompts, greedy, trained = trained_subset
-    assert sorted(p.name for p in (trial_dir / "checkpoint").iterdir()) == ["trial_state.json", "trial_state.safetensors"]
+    names = sorted(p.name for p in (trial_dir / "checkpoint").iterdir())  # one save per step: only the newest pair is left
+    assert len(names) == 2 and names[1] == "trial_state.json" and names[0].startswith("trial_state-") and names[0].endswith(".safetensors")
     info = export_trial(trial_dir / "trained.safetensors", "set00+02-s0", "embedded", base_dir, "float32",
                         tmp_path / "model", tmp_path / "model-delta")
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
@@ -106,3 +106,20 @@ def test_export_of_an_untrained_trial_is_a_one_line_error(tmp_path, capsys, tiny
     (sweep_dir / "plan.json").write_text(json.dumps({"num_layers": 3, "trials": []}))
     assert main(["export", str(sweep_dir), "base-s0", "--out", str(tmp_path / "m")]) == 2
     assert "trial base-s0 has not finished training" in capsys.readouterr().err
+
+
+def test_export_refuses_a_base_that_is_not_the_one_the_trial_started_from(trained_subset, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from workers.export import export_trial
+
+    cfg, base_dir, trial_dir, *_ = trained_subset
+    other = AutoModelForCausalLM.from_pretrained(base_dir)
+    with torch.no_grad():
+        other.model.layers[2].mlp.up_proj.weight[0, 0] += 1e-3  # a trained layer's starting values differ
+    other.save_pretrained(tmp_path / "other-base")
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(tmp_path / "other-base")
+    with pytest.raises(ValueError, match=r"are not the ones it started from .*; refusing to export onto another base model$"):
+        export_trial(trial_dir / "trained.safetensors", "set00+02-s0", "embedded", tmp_path / "other-base", "float32",
+                     tmp_path / "model", tmp_path / "model-delta")
+    assert not (tmp_path / "model").exists()

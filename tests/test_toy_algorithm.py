@@ -59,3 +59,20 @@ def test_unregistered_algorithm_is_a_one_line_config_error(tiny_config_path):
 
     with pytest.raises(ConfigError, match=r"algorithm.name = 'nope': not a registered algorithm; known: \[.*'grpo'"):
         load_sweep_config(tiny_config_path, {"algorithm.name": "nope"})
+
+
+def test_an_estimator_returning_one_value_per_group_is_refused_in_one_line(tiny_config_path, tmp_path):
+    from orchestrator.config import load_sweep_config
+    from workers.runner import run_trial
+    from workers.spec import TrialSpec
+
+    register_algorithm(Algorithm("toy_per_group", lambda groups, options: torch.zeros(len(groups)), "token-mean"))
+    cfg = load_sweep_config(tiny_config_path, {"algorithm.name": "toy_per_group"}).trial_config()
+    with pytest.raises(ValueError, match=r"^algorithm.name='toy_per_group': its advantage estimator returned shape \(4,\) "
+                                         r"for 16 rows; it must return one advantage per row$"):
+        run_trial(cfg, TrialSpec("layers", (1,)), tmp_path / "trial")
+
+
+def test_a_default_aggregation_that_does_not_exist_is_refused_at_registration():
+    with pytest.raises(ValueError, match=r"algorithm 'typo': default_aggregation='token_mean' is not a registered loss aggregation"):
+        register_algorithm(Algorithm("typo", sign_advantages, default_aggregation="token_mean"))

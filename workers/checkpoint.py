@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-TENSORS_FILE = "trial_state.safetensors"
 STATE_FILE = "trial_state.json"
-"""Written last: its presence means the checkpoint is complete."""
+"""Written last, atomically: it names the tensors file of the same save, so the pair is always consistent."""
 
 
 def tensors_checksum(named_tensors: dict[str, torch.Tensor]) -> str:
@@ -87,17 +87,20 @@ def join_tensors(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
-    """Tensors first, the JSON last (each written to a temporary name and renamed), so a crash mid-save leaves
-    the previous checkpoint readable or none at all, never a mix."""
+    """The tensors go to a new file `trial_state-<token>.safetensors`; then the JSON naming it replaces the old
+    JSON in one rename; then older tensor files are removed. A crash at any point leaves the previous checkpoint
+    or the new one readable, never the tensors of one save with the state of another."""
     directory.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     skeleton = split_tensors(state, tensors)
-    staging = directory / (TENSORS_FILE + ".tmp")
-    save_file(tensors, str(staging))
-    staging.replace(directory / TENSORS_FILE)
+    tensors_file = f"trial_state-{uuid.uuid4().hex[:16]}.safetensors"
+    save_file(tensors, str(directory / tensors_file))
     path = directory / STATE_FILE
-    path.with_suffix(".tmp").write_text(json.dumps(skeleton))
+    path.with_suffix(".tmp").write_text(json.dumps({"tensors_file": tensors_file, "state": skeleton}))
     path.with_suffix(".tmp").replace(path)
+    for stale in directory.glob("trial_state-*.safetensors"):
+        if stale.name != tensors_file:
+            stale.unlink()
     return path
 
 
@@ -108,5 +111,8 @@ def has_checkpoint(directory: Path) -> bool:
 def load_checkpoint(directory: Path) -> dict[str, Any]:
     directory = Path(directory)
     if not has_checkpoint(directory):
-        raise FileNotFoundError(f"no checkpoint at {directory / STATE_FILE}")
-    return join_tensors(json.loads((directory / STATE_FILE).read_text()), load_file(str(directory / TENSORS_FILE)))
+        old = " (it holds a pickled trial_state.pt from before layersweep's safetensors checkpoints; rerun the trial)" \
+            if (directory / "trial_state.pt").exists() else ""
+        raise FileNotFoundError(f"no checkpoint at {directory / STATE_FILE}{old}")
+    saved = json.loads((directory / STATE_FILE).read_text())
+    return join_tensors(saved["state"], load_file(str(directory / saved["tensors_file"])))

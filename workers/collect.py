@@ -35,6 +35,20 @@ class Collector(Protocol):
     def evaluate(self, engine: RolloutEngine) -> dict[str, float]: ...
 
 
+def checked_advantages(algorithm: AlgorithmConfig, groups: Sequence[TrajectoryGroup], num_rows: int) -> torch.Tensor:
+    """The registered estimator's advantages, refused unless there is exactly one finite value per row (a plugged-in
+    estimator returning one per trajectory instead of one per step would otherwise credit the wrong rows)."""
+    adv_N = algorithm.entry.advantages(groups, algorithm.advantage_options)
+    if not isinstance(adv_N, torch.Tensor):
+        raise ValueError(f"algorithm.name={algorithm.name!r}: its advantage estimator returned a {type(adv_N).__name__}, not a tensor")
+    if tuple(adv_N.shape) != (num_rows,):
+        raise ValueError(f"algorithm.name={algorithm.name!r}: its advantage estimator returned shape {tuple(adv_N.shape)} "
+                         f"for {num_rows} rows; it must return one advantage per row")
+    if not torch.isfinite(adv_N).all():
+        raise NonFiniteLossError(f"algorithm.name={algorithm.name!r}: its advantage estimator returned a non-finite value")
+    return adv_N.float()
+
+
 def shuffled(items: Sequence[Any], data_seed: int) -> list[Any]:
     generator = torch.Generator().manual_seed(data_seed)
     return [items[i] for i in torch.randperm(len(items), generator=generator).tolist()]
@@ -74,7 +88,7 @@ class SingleTurnCollector:
             raise NonFiniteLossError(f"step {step + 1}: reward function returned a non-finite value or the wrong count")
         group_size = self.sampling.group_size
         groups = [TrajectoryGroup.single_step(rewards[start : start + group_size]) for start in range(0, len(rewards), group_size)]
-        adv_N = self.algorithm.entry.advantages(groups, self.algorithm.advantage_options)
+        adv_N = checked_advantages(self.algorithm, groups, batch.num_rows)
         correct = [float(self.task.is_correct(c, e)) for c, e in zip(batch.completions_text, grouped)]
         metrics = {
             "reward_mean": float(rewards_N.mean()),
@@ -118,7 +132,7 @@ class MultiTurnCollector:
         settings = self.task.settings(self.sampling, derived_seed(seed, step))
         groups = rollout_groups(self.engine, self.task.env_factory(), seeds, self.sampling.group_size, settings)
         rows = flatten_groups(groups, self.pad_token_id, completion_width=self.sampling.max_new_tokens)
-        adv_N = self.algorithm.entry.advantages(trajectory_groups(groups), self.algorithm.advantage_options)
+        adv_N = checked_advantages(self.algorithm, trajectory_groups(groups), rows.batch.num_rows)
         stats = rollout_metrics(groups)
         metrics = {
             "reward_mean": stats["return_mean"],

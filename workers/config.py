@@ -121,6 +121,10 @@ class OptimConfig(Section):
     max_grad_norm: float = Field(1.0, gt=0)
     betas: tuple[float, float] = (0.9, 0.999)
 
+    def lr_for(self, kind: str) -> float:
+        """The learning rate of a trial kind: `lr_full` for the full-parameter reference, `lr_layers` otherwise."""
+        return self.lr_full if kind == "full" else self.lr_layers
+
 
 class BudgetConfig(Section):
     steps: int = Field(100, ge=0)

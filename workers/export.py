@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, PreTrainedModel
 
@@ -78,6 +79,7 @@ def export_trial(trained_file: Path, trial: str, base: str, base_dir: Path | str
     model, _ = load_model_and_tokenizer(base_dir, dtype)
     base_checksum = model_checksum(model)
     trained = load_file(str(trained_file))
+    check_trained_from(model, trained, trained_file, base_dir)
     load_tensors_into(model, trained)
     save_model_dir(model, base_dir, out_dir)
     delta_dir.mkdir(parents=True, exist_ok=True)
@@ -88,11 +90,30 @@ def export_trial(trained_file: Path, trial: str, base: str, base_dir: Path | str
     return info
 
 
+def check_trained_from(model: PreTrainedModel, trained: dict[str, torch.Tensor], trained_file: Path, base_dir: Path | str) -> None:
+    """The trial recorded a checksum of its trainable tensors before training; the base loaded now must have the
+    same values there, else the trained layers would be attached to another model (a moved hub revision, a cache
+    rebuilt on another machine)."""
+    with safe_open(str(trained_file), "pt") as handle:
+        recorded = (handle.metadata() or {}).get("base_checksum")
+    params = dict(model.named_parameters())
+    found = tensors_checksum({name: params[name] for name in trained if name in params})
+    if recorded is not None and found != recorded:
+        raise ValueError(f"{base_dir}: its weights where {trained_file.parent.name} trained (checksum {found[:12]}) are not "
+                         f"the ones it started from ({recorded[:12]}); refusing to export onto another base model")
+
+
 def read_delta_info(delta_dir: Path) -> DeltaInfo:
     path = delta_dir / DELTA_INFO
     if not path.exists() or not (delta_dir / DELTA_TENSORS).exists():
         raise FileNotFoundError(f"{delta_dir} is not a layer delta (it needs {DELTA_INFO} and {DELTA_TENSORS})")
-    info = DeltaInfo(**json.loads(path.read_text()))
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or data.get("format") != DELTA_FORMAT:
+        raise ValueError(f"{path}: format {data.get('format') if isinstance(data, dict) else None!r} is not {DELTA_FORMAT!r}")
+    try:
+        info = DeltaInfo(**data)
+    except TypeError as error:
+        raise ValueError(f"{path} is not a complete {DELTA_FORMAT} description: {error}") from None
     if info.format != DELTA_FORMAT:
         raise ValueError(f"{path}: format {info.format!r} is not {DELTA_FORMAT!r}")
     return info

@@ -80,9 +80,6 @@ class TrialRunner:
         self._align_log()
         trial = self.trial
         checksum = trial.trainable_checksum()
-        if trial.trainable:
-            save_file({name: p.detach().contiguous() for name, p in trial.trainable.items()}, str(self.trial_dir / TRAINED_FILE),
-                      metadata={"trial": self.spec.name, "checksum": checksum})
         result = {
             "spec": self.spec.to_dict(),
             "trial": self.spec.name,
@@ -93,6 +90,11 @@ class TrialRunner:
             "learned": trial.learned(checksum),
             **trial.evaluate(),
         }
+        if trial.trainable:  # after the evaluation succeeded, under a temporary name: a file here is a finished trial's
+            staging = self.trial_dir / (TRAINED_FILE + ".tmp")
+            save_file({name: p.detach().contiguous() for name, p in trial.trainable.items()}, str(staging),
+                      metadata={"trial": self.spec.name, "checksum": checksum, "base_checksum": trial.initial_checksum})
+            staging.replace(self.trial_dir / TRAINED_FILE)
         (self.trial_dir / SCORE_FILE).write_text(json.dumps(result, indent=2))
         return result
 

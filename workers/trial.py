@@ -47,7 +47,7 @@ class LayerTrial:
         params = dict(self.model.named_parameters())
         self.trainable = {name: params[name] for name in self.selection.parameter_names}
         self.num_layers = self.selection.layout.num_layers
-        lr = cfg.optim.lr_full if self.spec.kind == "full" else cfg.optim.lr_layers
+        lr = cfg.optim.lr_for(self.spec.kind)
         self.optimizer = torch.optim.AdamW(
             list(self.trainable.values()) or [torch.nn.Parameter(torch.zeros(1))],
             lr=lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay,

@@ -50,4 +50,12 @@ ALGORITHMS: Registry[Algorithm] = Registry("algorithm")
 
 
 def register_algorithm(algorithm: Algorithm) -> Algorithm:
+    """Add an algorithm. Its module must be imported wherever trials run: for a sweep on Ray, import it from
+    `workers/algorithms/__init__.py` (as grpo.py and gigpo.py are), else the trial processes will not know the name."""
+    from workers.algorithms.losses import LOSS_AGGREGATIONS
+
+    try:
+        LOSS_AGGREGATIONS.check(algorithm.default_aggregation)
+    except ValueError as error:
+        raise ValueError(f"algorithm {algorithm.name!r}: default_aggregation={algorithm.default_aggregation!r} is {error}") from None
     return ALGORITHMS.add(algorithm.name, algorithm)
