@@ -26,7 +26,7 @@ class LayerTrainable(tune.Trainable):
 
     def setup(self, config: dict[str, Any]) -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the driver shows trial output: keep vLLM's start-up INFO out
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # the driver shows trial output: keep vLLM's start-up notes out
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # and the weight-loading bars of every trial start
