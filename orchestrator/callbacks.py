@@ -14,7 +14,7 @@ from typing import Any, Callable
 from ray import tune
 
 from orchestrator.report import progress_line
-from orchestrator.results import finished_status, results_frame, spec_from_config, trial_row
+from orchestrator.results import finished_status, results_frame, spec_from_config, trial_dir, trial_row
 from orchestrator.tracking import SweepTracker
 from workers.config import OptimConfig
 from workers.runner import METRICS_FILE, SCORE_FILE
@@ -67,8 +67,8 @@ class MlflowForwarder(tune.Callback):
         if "reward_mean" in result:
             self.tracker.log_step(name, _spec(trial), result)
         if result.get("done") and "score" in result and name not in self._finished:
-            trial_dir = Path(self.sweep_dir) / "trials" / name
-            self.tracker.finish_trial(name, _spec(trial), result, files=[trial_dir / METRICS_FILE, trial_dir / SCORE_FILE])
+            where = trial_dir(Path(self.sweep_dir), name)
+            self.tracker.finish_trial(name, _spec(trial), result, files=[where / METRICS_FILE, where / SCORE_FILE])
             self._finished.add(name)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

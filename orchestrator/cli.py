@@ -22,6 +22,7 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_trial(args: argparse.Namespace) -> int:
+    from orchestrator.results import trial_dir as trial_dir_of
     from workers.runner import run_trial
     from workers.spec import TrialSpec
 
@@ -33,7 +34,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
     else:
         layers = tuple(sorted(set(args.layer)))
         spec = TrialSpec("layers" if len(layers) == 1 else "subset", layers, seed=args.seed if args.seed is not None else cfg.seed)
-    trial_dir = Path(args.out) if args.out else cfg.sweep_dir / "trials" / spec.name
+    trial_dir = Path(args.out) if args.out else trial_dir_of(cfg.sweep_dir, spec.name)
 
     def show(record: dict) -> None:
         print(
@@ -124,6 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from orchestrator.driver import load_sweep
+    from orchestrator.results import trial_dir
     from workers.base_model import resolve_model_dir
     from workers.export import export_trial
     from workers.runner import TRAINED_FILE
@@ -132,7 +134,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
     delta_dir = Path(args.delta_out) if args.delta_out else out.with_name(out.name + "-delta")
     base_dir = resolve_model_dir(cfg.trial_config())
-    info = export_trial(sweep_dir / "trials" / args.trial / TRAINED_FILE, args.trial, cfg.model.source, base_dir,
+    info = export_trial(trial_dir(sweep_dir, args.trial) / TRAINED_FILE, args.trial, cfg.model.source, base_dir,
                         cfg.model.dtype, out, delta_dir)
     print(f"model: {out} (AutoModelForCausalLM.from_pretrained / vLLM)")
     print(f"layer delta: {delta_dir} ({len(info.tensors)} tensors, {info.delta_bytes / 2**20:.2f} MiB = "

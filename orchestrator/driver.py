@@ -19,12 +19,12 @@ import yaml
 from ray import tune
 
 from orchestrator.callbacks import MlflowForwarder, ProgressPrinter
-from orchestrator.config import SweepConfig, parse_sweep_config
+from orchestrator.config import EarlyStopConfig, SweepConfig, parse_sweep_config
 from orchestrator.early_stop import layer_scheduler
 from orchestrator.plan import plan_trials
 from orchestrator.resources import check_cluster_fits
 from orchestrator.report import render_sweep
-from orchestrator.results import (FINISHED, CONFIG_FILE, PLAN_FILE, RESULTS_FILE, TUNE_DIR, finished_status, label_from_config,
+from orchestrator.results import (FINISHED, CONFIG_FILE, PLAN_FILE, RESULTS_FILE, TRIALS_DIR, TUNE_DIR, finished_status, label_from_config,
                                   load_results, results_frame, spec_from_config, trial_row)
 from orchestrator.tracking import SweepTracker, resolve_tracking_uri
 from orchestrator.tune_trainable import LayerTrainable
@@ -119,8 +119,8 @@ def _tuner(cfg: SweepConfig, sweep_dir: Path, specs: list[TrialSpec], experiment
     per_seed = {seed: cfg.trial_config(seed).model_dump(mode="json") for seed in {s.seed for s in specs}}
     param_space = {
         "trial": tune.grid_search([{"spec": s.to_dict(), "trial_config": per_seed[s.seed], "label": label} for s in specs]),
-        "trials_dir": str(sweep_dir / "trials"),
-        "signal_window": cfg.early_stop.smoothing_steps if cfg.early_stop else 5,
+        "trials_dir": str(sweep_dir / TRIALS_DIR),
+        "signal_window": (cfg.early_stop or EarlyStopConfig()).smoothing_steps,
     }
     return tune.Tuner(
         _trainable(cfg),

@@ -15,6 +15,12 @@ PLAN_FILE = "plan.json"
 RESULTS_FILE = "results.parquet"
 TUNE_DIR = "tune"
 """Ray Tune's experiment directory inside the sweep directory (what `layersweep resume` restores)."""
+TRIALS_DIR = "trials"
+"""Inside the sweep directory: one directory per trial (metrics.jsonl, score.json, trained.safetensors)."""
+
+
+def trial_dir(sweep_dir: Path, trial: str) -> Path:
+    return Path(sweep_dir) / TRIALS_DIR / trial
 
 
 FINISHED = ("done", "no_learning")

@@ -82,6 +82,12 @@ def package_versions() -> dict[str, str]:
     return found
 
 
+def stored_run_ids(sweep_dir: Path) -> dict[str, str]:
+    """trial name (and `__sweep__` for the parent) -> MLflow run id, as the sweep recorded them."""
+    path = sweep_dir / RUN_IDS_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 class SweepTracker:
     """Owns the sweep's MLflow runs. Safe to construct again on resume: it reuses the stored run ids."""
 
@@ -92,7 +98,7 @@ class SweepTracker:
         existing = self.client.get_experiment_by_name(experiment)
         self.experiment_id = existing.experiment_id if existing else self.client.create_experiment(experiment)
         self._ids_path = sweep_dir / RUN_IDS_FILE
-        self._ids: dict[str, str] = json.loads(self._ids_path.read_text()) if self._ids_path.exists() else {}
+        self._ids: dict[str, str] = stored_run_ids(sweep_dir)
         self._last_step: dict[str, int] = {}
 
     def _save_ids(self) -> None:
@@ -199,10 +205,10 @@ def log_export(sweep_dir: Path, tracking: Any, trial: str, model_dir: Path, delt
     Returns the model URI."""
     import mlflow
 
-    ids_path = sweep_dir / RUN_IDS_FILE
-    run_ids = json.loads(ids_path.read_text()) if ids_path.exists() else {}
+    run_ids = stored_run_ids(sweep_dir)
     if trial not in run_ids:
-        raise ValueError(f"trial {trial!r} has no MLflow run in {ids_path} (known: {sorted(k for k in run_ids if k != '__sweep__')})")
+        raise ValueError(f"trial {trial!r} has no MLflow run in {sweep_dir / RUN_IDS_FILE} "
+                         f"(known: {sorted(k for k in run_ids if k != '__sweep__')})")
     mlflow.set_tracking_uri(resolve_tracking_uri(tracking.tracking_uri, sweep_dir))
     with mlflow.start_run(run_id=run_ids[trial]):
         mlflow.log_artifacts(str(delta_dir), artifact_path="layer_delta")

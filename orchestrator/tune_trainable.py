@@ -15,6 +15,8 @@ from typing import Any
 import ray
 from ray import tune
 
+from orchestrator.config import EarlyStopConfig
+from orchestrator.early_stop import SIGNAL
 from orchestrator.results import spec_from_config
 from workers.config import TrialConfig
 from workers.runner import TrialRunner
@@ -36,7 +38,7 @@ class LayerTrainable(tune.Trainable):
         self.runner = TrialRunner(cfg, spec, Path(config["trials_dir"]) / spec.name, num_threads=cpus)
         self.node = ray.get_runtime_context().get_node_id()
         """The Ray node this attempt runs on; reported with every result (a retried trial may move)."""
-        self.recent_rewards: deque[float] = deque(maxlen=int(config.get("signal_window", 5)))
+        self.recent_rewards: deque[float] = deque(maxlen=int(config.get("signal_window", EarlyStopConfig().smoothing_steps)))
         """The latest training rewards: their mean is the running signal early stopping compares."""
         self.restored_at_step: int | None = None
         """The checkpoint step this attempt resumed from (None: it started from scratch)."""
@@ -53,7 +55,7 @@ class LayerTrainable(tune.Trainable):
 
     def _signal(self) -> dict[str, float]:
         """The running signal early stopping compares: the mean of the latest training rewards (0 before any)."""
-        return {"reward_moving_mean": sum(self.recent_rewards) / len(self.recent_rewards) if self.recent_rewards else 0.0}
+        return {SIGNAL: sum(self.recent_rewards) / len(self.recent_rewards) if self.recent_rewards else 0.0}
 
     def _final(self, record: dict[str, Any]) -> dict[str, Any]:
         final = dict(self.runner.finish())

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from orchestrator.aggregate import check_noise, summarize
+from orchestrator.aggregate import summarize
+from orchestrator.noise import check_noise
 
 
 def table(base: dict[int, float] | None, full: dict[int, float] | None, layers: dict[int, dict[int, float]],
