@@ -109,9 +109,18 @@ class LoopbackCluster:
         return {name: node.node_id for node in nodes for name in ("node_a", "node_b") if name in node.resources_total}
 
     def kill(self, name: str) -> None:
+        """SIGKILL the node: its process group (ray start, raylet, agents) and every other process whose command line
+        names the node's own temp dir (its worker processes), so no trial of that node runs on after the raylet."""
         process = self.processes.pop(name)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=60)
+        marker = str(self.ray_tmp / name).encode()
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and marker in (proc / "cmdline").read_bytes():
+                    os.kill(int(proc.name), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                continue
 
     def stop(self) -> None:
         for name in list(self.processes):
@@ -227,15 +236,19 @@ def test_losing_a_worker_node_mid_sweep_resumes_its_trial_and_logs_every_step_on
     ray_cluster, uri, tmp = cluster
     out = tmp / "runs-node-loss"
     steps = 40
+    # 64 prompts x G = 8 per step: a tiny-model trial then lasts tens of seconds, not one, so a trial is still
+    # running on node_a when it is killed
     submit(ray_cluster, "node-loss", out, uri, f"budget.steps={steps}", "checkpoint_every=4", "max_failures=3",
-           "include_base=false", "layers=[0,1]")
+           "include_base=false", "layers=[0,1]", "budget.prompts_per_step=64", "rollout.group_size=8")
     trials_dir = out / "tiny-test" / "trials"
 
-    def some_trial_past_step_8() -> bool:
+    def both_running_trials_past_step_8() -> bool:
+        """One trial per worker node runs at a time; once both passed step 8, the one on node_a has a checkpoint
+        to resume from (under load the second trial can start well after the first)."""
         logs = list(trials_dir.glob("*/metrics.jsonl")) if trials_dir.exists() else []
-        return any(len(path.read_text().splitlines()) >= 8 for path in logs)
+        return sum(8 <= len(path.read_text().splitlines()) < steps for path in logs) >= 2
 
-    wait_for(some_trial_past_step_8, JOB_TIMEOUT_S, "a trial reaching step 8", every_s=0.2)
+    wait_for(both_running_trials_past_step_8, JOB_TIMEOUT_S, "two running trials reaching step 8", every_s=0.2)
     killed_at = time.time()
     ray_cluster.kill("node_a")
     status = wait_for_job(ray_cluster, "node-loss")
