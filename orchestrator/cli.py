@@ -99,6 +99,31 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from orchestrator.driver import model_num_layers
+    from orchestrator.plan import candidate_layers
+    from orchestrator.probe import correlations, probe_text, run_probe, write_probe
+    from orchestrator.results import load_results
+    from workers.base_model import resolve_model_dir
+
+    cfg = _load(args)
+    batches = args.batches or (cfg.probe.batches if cfg.probe else 8)
+    if batches < 2:
+        raise ValueError(f"--batches {batches}: at least 2 are needed (one for the gradient, one held out)")
+    measured = load_results(Path(args.against)) if args.against else None  # a bad directory fails before the probe runs
+    layers = candidate_layers(cfg.layers, model_num_layers(resolve_model_dir(cfg.trial_config())))
+    table, info = run_probe(cfg, layers, batches, args.threads)
+    rhos = correlations(table, measured, args.against) if measured is not None else None
+    out = Path(args.out) if args.out else cfg.sweep_dir
+    files = write_probe(out, table, info)
+    if rhos is not None:
+        rhos.to_csv(out / "probe_vs_sweep.csv", index=False)
+        files.append(out / "probe_vs_sweep.csv")
+    print(probe_text(table, info, rhos, args.against))
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from orchestrator.aggregate import summarize
     from orchestrator.driver import train_subset
@@ -194,6 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("sweep_dirs", nargs="+")
     compare.add_argument("--out", help="directory for comparison.csv / comparison.png (default: the first sweep dir)")
     compare.set_defaults(handler=cmd_compare)
+
+    probe = sub.add_parser("probe", help="rank the candidate layers without RL, from signals on base-model rollouts")
+    probe.add_argument("config")
+    probe.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+    probe.add_argument("--batches", type=int, help="rollout batches of the base model (default probe.batches, else 8)")
+    probe.add_argument("--against", metavar="SWEEP_DIR", help="a finished sweep: print each signal's Spearman rho with its C(i)")
+    probe.add_argument("--out", help="directory for probe.csv / probe.json (default: the config's sweep directory)")
+    probe.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    probe.set_defaults(handler=cmd_probe)
 
     train = sub.add_parser("train", help="train a set of layers together, chosen from a finished sweep's ranking")
     train.add_argument("sweep_dir")

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from workers.algorithms.probe_signals import SIGNALS
 from workers.config import TrialConfig
 from rollout.basics import Section
 
@@ -55,6 +56,20 @@ class EarlyStopConfig(Section):
     """The compared signal is the mean training reward over this many latest steps (one step is noisy)."""
 
 
+class ProbeConfig(Section):
+    """Probe, then train only the top layers: zero-training signals (`layersweep probe`) measured on base-model
+    rollouts pick `top_m` of the candidate layers, and only those get RL trials (base and full always run)."""
+
+    top_m: int = Field(3, ge=1)
+    """How many of the candidate layers, best by `signal`, get a trial."""
+    signal: Literal[SIGNALS] = "lookahead"  # type: ignore[valid-type]
+    """lookahead: held-out surrogate gain of a single-layer first AdamW step; relative_gradient / grad_norm: the
+    layer's policy-gradient size (over its weight norm / absolute); block_influence: 1 - cos(layer input, output)."""
+    batches: int = Field(8, ge=2)
+    """Rollout batches of the base model (the prompts of the first `batches` steps): even ones give the gradient,
+    odd ones are held out for the lookahead."""
+
+
 class TrackingConfig(Section):
     tracking_uri: str | None = None
     """MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/<name>/mlflow.db."""
@@ -80,6 +95,8 @@ class SweepConfig(TrialConfig):
     early_stop: EarlyStopConfig | None = None
     """Stop weak layer trials early (ASHA on the moving training reward); None = every trial runs to the end.
     Stopped trials are reported as `stopped` and never ranked."""
+    probe: ProbeConfig | None = None
+    """Probe the candidate layers first and run trials only for the best `probe.top_m`; None = every candidate."""
     progress_every_s: float = Field(30.0, gt=0)
     """Seconds between the driver's progress lines (steps done over all trials, ETA, best layer so far)."""
     min_finished_layer_share: float = Field(1.0, ge=0, le=1)

@@ -21,9 +21,10 @@ from ray import tune
 from orchestrator.callbacks import MlflowForwarder, ProgressPrinter
 from orchestrator.config import EarlyStopConfig, SweepConfig, parse_sweep_config
 from orchestrator.early_stop import layer_scheduler
-from orchestrator.plan import plan_trials
+from orchestrator.plan import candidate_layers, plan_trials
+from orchestrator.probe import probe_choice, probe_text, run_probe, write_probe
 from orchestrator.resources import check_cluster_fits
-from orchestrator.report import render_sweep
+from orchestrator.report import choice_message, render_sweep
 from orchestrator.results import (FINISHED, CONFIG_FILE, PLAN_FILE, RESULTS_FILE, TRIALS_DIR, TUNE_DIR, finished_status, label_from_config,
                                   load_results, results_frame, spec_from_config, trial_row)
 from orchestrator.tracking import SweepTracker, resolve_tracking_uri
@@ -85,20 +86,38 @@ def _trainable(cfg: SweepConfig) -> Any:
     return tune.with_resources(LayerTrainable, resources)
 
 
-def prepare(cfg: SweepConfig) -> tuple[Path, list[TrialSpec], int]:
+def _probe_then_choose(cfg: SweepConfig, sweep_dir: Path, candidates: list[int], emit: Callable[[str], None]) -> dict[str, Any]:
+    """Run the probe as one Ray task with a trial's resources (on a cluster it needs what a trial needs, e.g. a
+    GPU), write its table into the sweep directory and choose the layers that get trials."""
+    assert cfg.probe is not None
+    resources = cfg.resources
+    probe_task = ray.remote(num_cpus=resources.cpus_per_trial, num_gpus=resources.gpus_per_trial, max_retries=0)(run_probe)
+    table, info = ray.get(probe_task.remote(cfg, candidates, cfg.probe.batches, int(max(1, resources.cpus_per_trial))))
+    write_probe(sweep_dir, table, info)
+    choice = probe_choice(cfg.probe, candidates, table)
+    emit(probe_text(table, info))
+    emit(choice_message(choice))
+    return choice
+
+
+def prepare(cfg: SweepConfig, emit: Callable[[str], None] = print) -> tuple[Path, list[TrialSpec], int]:
     """Write the resolved config, build the embedded model once (trials then load it), check that the task's
-    data loads and is complete (a bad row fails here, not minutes into every trial), plan the trials."""
+    data loads and is complete (a bad row fails here, not minutes into every trial), probe the candidate layers
+    when the sweep trains only the probe's top ones, plan the trials."""
     from workers.base_model import check_task_loads, model_revision, resolve_model_dir
 
     model_dir = resolve_model_dir(cfg.trial_config())
     resolved = {"model_dir": str(model_dir), "model_revision": model_revision(model_dir),
                 "task_digest": check_task_loads(cfg.trial_config(), model_dir)}
     num_layers = model_num_layers(model_dir)
-    specs = plan_trials(cfg, num_layers)
+    candidates = candidate_layers(cfg.layers, num_layers)
     sweep_dir = cfg.sweep_dir.resolve()  # written only once the inputs are known good: a bad config run
+    choice = _probe_then_choose(cfg, sweep_dir, candidates, emit) if cfg.probe else None
+    specs = plan_trials(cfg, num_layers, choice["chosen"] if choice else candidates)
     sweep_dir.mkdir(parents=True, exist_ok=True)  # over an earlier sweep's directory leaves it as it was
     (sweep_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    plan = {"num_layers": num_layers, "resolved": resolved, "trials": [s.to_dict() for s in specs]}
+    plan = {"num_layers": num_layers, "resolved": resolved, "trials": [s.to_dict() for s in specs],
+            **({"probe": choice} if choice else {})}
     (sweep_dir / PLAN_FILE).write_text(json.dumps(plan, indent=2))
     return sweep_dir, specs, num_layers
 
@@ -106,7 +125,7 @@ def prepare(cfg: SweepConfig) -> tuple[Path, list[TrialSpec], int]:
 def run_sweep(cfg: SweepConfig, address: str | None = None, emit: Callable[[str], None] = print, include_dashboard: bool = True) -> pd.DataFrame:
     started = time.time()
     dashboard = _start_checked_ray(cfg, address, include_dashboard)
-    sweep_dir, specs, num_layers = prepare(cfg)
+    sweep_dir, specs, num_layers = prepare(cfg, emit)
     uri, tracker = _connect(cfg, sweep_dir, dashboard, emit)
     emit(f"sweep {cfg.name}: {len(specs)} trials on a {num_layers}-layer model; MLflow {uri}")
     results = _tuner(cfg, sweep_dir, specs, TUNE_DIR, uri, num_layers, emit).fit()

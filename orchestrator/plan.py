@@ -22,14 +22,15 @@ def candidate_layers(layers: str | list[int] | LayerRange, num_layers: int) -> l
     return chosen
 
 
-def plan_trials(cfg: SweepConfig, num_layers: int) -> list[TrialSpec]:
+def plan_trials(cfg: SweepConfig, num_layers: int, layers: list[int] | None = None) -> list[TrialSpec]:
+    """Base, full and one trial per layer (`layers`, else every candidate layer) and seed."""
     seeds = cfg.seed_list
     specs: list[TrialSpec] = []
     if cfg.include_base:  # greedy evaluation of fixed weights: one base trial serves every seed
         specs.append(TrialSpec("base", seed=seeds[0]))
     if cfg.include_full:
         specs.extend(TrialSpec("full", seed=seed) for seed in seeds)
-    for layer in candidate_layers(cfg.layers, num_layers):
+    for layer in layers if layers is not None else candidate_layers(cfg.layers, num_layers):
         for seed in seeds:
             specs.append(TrialSpec("layers", (layer,), seed=seed))
     return specs

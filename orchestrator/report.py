@@ -6,6 +6,8 @@ markdown, the CSV, the plot and the MLflow metrics can never disagree.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 from pathlib import Path
@@ -19,6 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from orchestrator.aggregate import SweepSummary, summarize  # noqa: E402
+from orchestrator.results import PLAN_FILE, PROBE_INFO, PROBE_TABLE  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -233,5 +236,21 @@ def render_sweep(table: pd.DataFrame, sweep_dir: Path) -> tuple[list[Path], str,
     """Aggregate a results table and write its report into sweep_dir; returns (files, terminal text, summary
     metrics). Works from a stored results.parquet, so `layersweep report` re-renders without rerunning."""
     summary = summarize(table)
+    choice = _probe_choice(sweep_dir)
+    if choice:
+        summary = dataclasses.replace(summary, messages=(*summary.messages, choice_message(choice)))
     files = write_summary_report(summary, sweep_dir)
-    return list(files.values()), terminal_table(summary), summary_metrics(summary)
+    probe_files = [sweep_dir / name for name in (PROBE_TABLE, PROBE_INFO) if (sweep_dir / name).exists()]
+    return [*files.values(), *probe_files], terminal_table(summary), summary_metrics(summary)
+
+
+def choice_message(choice: dict[str, Any]) -> str:
+    """The report's sentence on a probe-then-train sweep (its unprobed-by-training layers are not in the ranking)."""
+    return (f"Layers trained were chosen by the probe: the top {choice['top_m']} of {len(choice['candidates'])} candidate "
+            f"layers by {choice['signal']}, {choice['chosen']}; the other candidates had no RL trial.")
+
+
+def _probe_choice(sweep_dir: Path) -> dict | None:
+    """The probe's choice of layers recorded in the plan of a probe-then-train sweep, else None."""
+    plan = sweep_dir / PLAN_FILE
+    return json.loads(plan.read_text()).get("probe") if plan.exists() else None

@@ -29,7 +29,7 @@ class UpdateBatch:
     """Engine-side log-probs of the sampled tokens (for the mismatch metric and truncated IS)."""
 
 
-def _row_slices(num_rows: int, micro_batch_size: int) -> list[slice]:
+def row_slices(num_rows: int, micro_batch_size: int) -> list[slice]:
     return [slice(start, min(start + micro_batch_size, num_rows)) for start in range(0, num_rows, micro_batch_size)]
 
 
@@ -46,7 +46,7 @@ def policy_update(
     aggregation = LOSS_AGGREGATIONS.get(algorithm.aggregation)
     mask_NT = batch.inputs.completion_mask_NT.float()
     denominator = aggregation.denominator(mask_NT, max_new_tokens)
-    slices = _row_slices(mask_NT.shape[0], algorithm.micro_batch_size)
+    slices = row_slices(mask_NT.shape[0], algorithm.micro_batch_size)
     micro = [batch.inputs.rows(rows) for rows in slices]
     prefixes = [scorer.prefix(inputs) for inputs in micro]
 

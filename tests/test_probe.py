@@ -1,0 +1,121 @@
+"""The zero-training probe on a real tiny model: its lookahead equals a real single-layer AdamW step, its
+correlation with measured contributions, the CLI, and a probe-then-train sweep on real local Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from orchestrator.config import load_sweep_config
+from orchestrator.probe import correlations, probe_table, top_layers
+from test_aggregate import table as results_table
+from workers.probe import ProbeResult
+
+TINY = Path(__file__).resolve().parent.parent / "configs" / "tiny-test.yaml"
+
+
+@pytest.fixture()
+def tiny(tmp_path):
+    from workers.base_model import load_model_and_tokenizer, resolve_model_dir
+    from workers.probe import probe_rollouts
+
+    cfg = load_sweep_config(TINY, {"model.cache_dir": str(tmp_path / "cache"), "budget.prompts_per_step": 8,
+                                   "optim.warmup_steps": 1}).trial_config()
+    model_dir = resolve_model_dir(cfg)
+    model, tokenizer = load_model_and_tokenizer(model_dir)
+    return cfg, model_dir, model, probe_rollouts(cfg, model, tokenizer, model_dir, batches=2)
+
+
+def test_lookahead_is_the_held_out_gain_of_a_real_single_layer_adamw_step(tiny):
+    """The probe's lookahead for layer 1, recomputed the way a trial trains: only layer 1 trainable, the trial's
+    frozen-prefix scorer, policy_update with torch's AdamW on the gradient batch."""
+    from workers.base_model import load_model_and_tokenizer
+    from workers.policy import PolicyScorer
+    from workers.probe import first_step_lr, measure_signals, surrogate_loss
+    from workers.spec import TrialSpec
+    from workers.trainable import select_trainable
+    from workers.update import policy_update
+
+    cfg, model_dir, model, rollouts = tiny
+    before_weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    signals = measure_signals(model, cfg, rollouts, [0, 1, 2])
+    assert all(torch.equal(p, before_weights[n]) for n, p in model.named_parameters())  # the probe restores every weight
+    assert len(signals["lookahead"]) == 3 and all(v > 0 for v in signals["grad_norm"])
+
+    trained, _ = load_model_and_tokenizer(model_dir)
+    selection = select_trainable(trained, TrialSpec("layers", (1,)))
+    params = [p for n, p in trained.named_parameters() if n in selection.parameter_names]
+    evaluator = PolicyScorer(trained, selection.layout, None, cfg.rollout.temperature)
+    with torch.no_grad():
+        held_out_before = [surrogate_loss(evaluator, batch, cfg) for batch in rollouts.held_out]
+    optimizer = torch.optim.AdamW(params, lr=first_step_lr(cfg), weight_decay=0.0)
+    scorer = PolicyScorer(trained, selection.layout, selection.lowest_layer, cfg.rollout.temperature)
+    policy_update(scorer, optimizer, params, rollouts.gradient[0], cfg.algorithm, cfg.rollout.max_new_tokens, cfg.optim.max_grad_norm)
+    with torch.no_grad():
+        held_out_after = [surrogate_loss(evaluator, batch, cfg, old)[0] for batch, (_, old) in zip(rollouts.held_out, held_out_before)]
+    gain = sum(loss for loss, _ in held_out_before) - sum(held_out_after)
+    assert gain != 0.0
+    assert signals["lookahead"][1] == pytest.approx(gain, rel=1e-3, abs=1e-7)
+
+
+def _probe(values: dict[str, list[float]], layers: list[int]) -> pd.DataFrame:
+    return probe_table(ProbeResult(layers, values))
+
+
+def test_correlations_rank_each_signal_against_measured_contributions():
+    """Base 0.5, full 0.9: contributions 0.25, 1.0, 0.75, 0.5 for layers 0-3 (layer 1 best). A signal in the
+    same order has rho +1, one in reverse order -1; hand-computed for the third: ranks (4,1,3,2) vs (4,1,2,3) ->
+    rho = 1 - 6 * 2 / (4 * 15) = 0.8."""
+    measured = results_table({0: 0.5}, {0: 0.9}, {0: {0: 0.6}, 1: {0: 0.9}, 2: {0: 0.8}, 3: {0: 0.7}}, num_layers=4, eval_size=10_000)
+    signals = {"lookahead": [1.0, 4.0, 3.0, 2.0], "relative_gradient": [4.0, 1.0, 2.0, 3.0],
+               "grad_norm": [1.0, 4.0, 2.0, 3.0], "block_influence": [0.1, 0.1, 0.1, 0.2]}
+    rho = correlations(_probe(signals, [0, 1, 2, 3]), measured, "sweep").set_index("signal")
+    assert rho.loc["lookahead", "spearman_rho"] == pytest.approx(1.0)
+    assert rho.loc["relative_gradient", "spearman_rho"] == pytest.approx(-1.0)
+    assert rho.loc["grad_norm", "spearman_rho"] == pytest.approx(0.8)
+    assert rho["measured_top1"].eq(1).all() and rho.loc["lookahead", "probe_top1"] == 1
+    assert rho.loc["relative_gradient", "probe_top1"] == 0 and rho["measured_basis"].eq("contribution").all()
+    with pytest.raises(ValueError, match="only 2 probed layers have a measured value"):
+        correlations(_probe({k: v[:2] for k, v in signals.items()}, [0, 1]), measured, "sweep")
+
+
+def test_top_layers_takes_the_largest_signal_lower_layer_first_on_ties():
+    table = _probe({"lookahead": [0.1, 0.3, 0.3, 0.2], "relative_gradient": [0.0] * 4, "grad_norm": [0.0] * 4,
+                    "block_influence": [0.0] * 4}, [4, 5, 6, 7])
+    assert top_layers(table, "lookahead", 2) == [5, 6]
+    assert top_layers(table, "lookahead", 3) == [5, 6, 7]
+    assert table["rank_lookahead"].tolist() == [4, 1, 2, 3]
+
+
+@pytest.mark.slow
+def test_probe_then_train_sweep_and_probe_command(tmp_path, capsys):
+    """A sweep with `probe: {top_m: 2}` probes the 3 layers on a Ray worker, trains only the probe's top 2, says so
+    in its report; `layersweep probe --against` refuses a sweep with fewer than 3 measured layers."""
+    import ray
+
+    from orchestrator.cli import main
+    from orchestrator.driver import run_sweep
+
+    overrides = {"output_dir": str(tmp_path / "runs"), "model.cache_dir": str(tmp_path / "cache"), "budget.prompts_per_step": 8,
+                 "probe": {"top_m": 2, "batches": 2}}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        table = run_sweep(load_sweep_config(TINY, overrides), emit=lambda line: None, include_dashboard=False)
+    finally:
+        ray.shutdown()
+    sweep_dir = tmp_path / "runs" / "tiny-test"
+    probed = pd.read_csv(sweep_dir / "probe.csv")
+    chosen = top_layers(probed, "lookahead", 2)
+    assert sorted(probed["layer"]) == [0, 1, 2]
+    assert sorted(table.loc[table["kind"] == "layers", "layer"]) == chosen
+    assert set(table["status"]) == {"done"}
+    assert f"the top 2 of 3 candidate layers by lookahead, {chosen}" in (sweep_dir / "ranking.md").read_text()
+
+    config = sweep_dir / "config.yaml"
+    assert main(["probe", str(config), "--batches", "2", "--against", str(sweep_dir), "--out", str(tmp_path / "p")]) == 2
+    assert "only 2 probed layers have a measured value" in capsys.readouterr().err
+    assert main(["probe", str(config), "--batches", "1"]) == 2
+    assert "--batches 1: at least 2 are needed" in capsys.readouterr().err
