@@ -150,6 +150,7 @@ def run_peer_trial(cfg: SweepConfig, model_dir: str, trial: str) -> dict:
             trainer.train()
             result["train_s"] = time.perf_counter() - started
         result["step_s"] = statistics.median(timer.seconds)
+        result["steps"] = len(timer.seconds)
     started = time.perf_counter()
     examples = list(task.eval_examples())[: cfg.eval.num_prompts]
     result["score"] = greedy_accuracy(HFEngine(model, tokenizer), task, examples, cfg.rollout.max_new_tokens, cfg.eval.batch_size)
@@ -174,13 +175,15 @@ def peer_sweep(args: argparse.Namespace, trials: list[str], model_dir: str, para
     return time.perf_counter() - started, {r["trial"]: r for r in results}
 
 
-def layersweep_sweep(args: argparse.Namespace, parallel: int) -> tuple[float, dict]:
-    """(wall seconds, {trial: result}) of `layersweep run` on the config, as a subprocess of this run."""
+def layersweep_sweep(args: argparse.Namespace, parallel: int, variant: dict | None = None) -> tuple[float, dict]:
+    """(wall seconds, {trial: result}) of `layersweep run` on the config, as a subprocess of this run; `variant`:
+    further `--set` overrides (e.g. a probe-then-train or early-stopped sweep)."""
     from orchestrator.results import load_results, trial_dir
     from workers.runner import METRICS_FILE
 
     with tempfile.TemporaryDirectory() as out:
-        sets = {**config_overrides(args), "name": "vs-trl", "output_dir": out, "resources.max_concurrent_trials": parallel}
+        sets = {**config_overrides(args), **(variant or {}), "name": "vs-trl", "output_dir": out,
+                "resources.max_concurrent_trials": parallel}
         command = [str(Path(sys.executable).parent / "layersweep"), "run", args.config]
         for key, value in sets.items():
             command += ["--set", f"{key}={json.dumps(value)}"]
@@ -193,10 +196,11 @@ def layersweep_sweep(args: argparse.Namespace, parallel: int) -> tuple[float, di
         results = {}
         for row in load_results(sweep_dir).itertuples():
             trial = str(row.layer) if row.kind == "layers" else row.kind
-            result = {"trial": trial, "score": row.score}
+            result = {"trial": trial, "score": None if row.status == "stopped" else row.score}
             if row.kind != "base":
                 lines = (trial_dir(sweep_dir, row.trial) / METRICS_FILE).read_text().splitlines()
                 result["step_s"] = statistics.median(json.loads(line)["step_seconds"] for line in lines)
+                result["steps"] = len(lines)
             results[trial] = result
     return wall, results
 
@@ -209,18 +213,25 @@ def top1(results: dict) -> str:
     return f"{best} ({scores[best]:.3f})"
 
 
+def _number(results: dict, trial: str, key: str, width: int) -> str:
+    """A trial's value right-aligned in `width`; `-` for a trial the system did not run or did not score (a layer
+    the probe left out, an early-stopped trial)."""
+    value = results.get(trial, {}).get(key)
+    return f"{value:>{width}.3f}" if value is not None else f"{'-':>{width}}"
+
+
 def report(systems: dict[str, tuple[float, dict]], layers: list[int]) -> str:
     """One row per system (wall, median step of full / first / last layer, scores, top-1), then every score."""
     first, last = str(layers[0]), str(layers[-1])
-    lines = [f"{'system':<32}{'sweep wall s':>13}{'step full':>11}{'step L' + first:>9}{'step L' + last:>9}"
-             f"{'S_base':>8}{'S_full':>8}  top-1 layer"]
+    lines = [f"{'system':<44}{'sweep wall s':>13}{'step full':>11}{'step L' + first:>9}{'step L' + last:>9}"
+             f"{'S_base':>8}{'S_full':>8}{'trial-steps':>12}  top-1 layer"]
     for name, (wall, results) in systems.items():
-        steps = "".join(f"{results[t]['step_s']:>{width}.3f}" for t, width in (("full", 11), (first, 9), (last, 9)))
-        lines.append(f"{name:<32}{wall:>13.1f}{steps}{results['base']['score']:>8.3f}{results['full']['score']:>8.3f}"
-                     f"  {top1(results)}")
-    lines.append("\nheld-out score per trial\n" + f"{'trial':<8}" + "".join(f"{name:>34}" for name in systems))
+        steps = "".join(_number(results, t, "step_s", width) for t, width in (("full", 11), (first, 9), (last, 9)))
+        lines.append(f"{name:<44}{wall:>13.1f}{steps}{_number(results, 'base', 'score', 8)}{_number(results, 'full', 'score', 8)}"
+                     f"{sum(r.get('steps', 0) for r in results.values()):>12}  {top1(results)}")
+    lines.append("\nheld-out score per trial\n" + f"{'trial':<8}" + "".join(f"{name[:42]:>44}" for name in systems))
     for trial in ["base", "full", *map(str, layers)]:
-        lines.append(f"{trial:<8}" + "".join(f"{results[trial]['score']:>34.3f}" for _, results in systems.values()))
+        lines.append(f"{trial:<8}" + "".join(_number(results, trial, "score", 44) for _, results in systems.values()))
     return "\n".join(lines)
 
 
@@ -231,6 +242,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="override budget.steps (quick runs)")
     parser.add_argument("--layers", type=int, nargs="+", help="override the config's candidate layers")
     parser.add_argument("--engine", choices=("hf", "vllm", "auto"), help="override layersweep's rollout.engine")
+    parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[;KEY=VALUE]",
+                        help="also run layersweep with these overrides, e.g. 'probe={top_m: 2}' (repeatable: one sweep each)")
     parser.add_argument("--skip-layersweep", action="store_true")
     parser.add_argument("--skip-sequential", action="store_true")
     parser.add_argument("--peer-trial", help=argparse.SUPPRESS)  # a child process: run this one TRL trial
@@ -243,11 +256,13 @@ def main() -> None:
     check_comparable(cfg)
     from transformers import AutoConfig
 
+    from orchestrator.config import parse_override
     from orchestrator.plan import candidate_layers
     from rollout.factory import resolve_engine_name
-    from workers.base_model import resolve_model_dir
+    from workers.base_model import load_model_and_tokenizer, resolve_model_dir
 
     model_dir = str(resolve_model_dir(cfg.trial_config()))
+    engine = resolve_engine_name(cfg.rollout, sum(p.numel() for p in load_model_and_tokenizer(model_dir)[0].parameters()))
     layers = candidate_layers(cfg.layers, AutoConfig.from_pretrained(model_dir).num_hidden_layers)
     trials = ["base", "full", *map(str, layers)]
     print(f"{args.config}: base + full + layers {layers}, {cfg.budget.steps} steps, model {model_dir}", flush=True)
@@ -255,11 +270,15 @@ def main() -> None:
     if not args.skip_sequential:
         systems["TRL loop, sequential"] = peer_sweep(args, trials, model_dir, 1)
     systems[f"TRL loop, {args.parallel} at a time"] = peer = peer_sweep(args, trials, model_dir, args.parallel)
+    ours = {}
     if not args.skip_layersweep:
-        systems[f"layersweep (engine {resolve_engine_name(cfg.rollout)})"] = ours = layersweep_sweep(args, args.parallel)
-    print(report(systems, layers))
-    if not args.skip_layersweep:
-        print(f"\nTRL {args.parallel}-at-a-time wall / layersweep wall: {peer[0] / ours[0]:.2f}x")
+        ours[f"layersweep (engine {engine})"] = layersweep_sweep(args, args.parallel)
+    for text in args.variant:
+        variant = dict(parse_override(part) for part in text.split(";"))
+        ours[f"layersweep + {text}"] = layersweep_sweep(args, args.parallel, variant)
+    print(report({**systems, **ours}, layers))
+    for name, (wall, _) in ours.items():
+        print(f"TRL {args.parallel}-at-a-time wall / {name} wall: {peer[0] / wall:.2f}x")
 
 
 if __name__ == "__main__":

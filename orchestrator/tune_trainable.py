@@ -1,4 +1,7 @@
-"""The Ray Tune adapter: one Tune trial (one actor) drives one TrialRunner, one RL step per Tune iteration.
+"""The Ray Tune adapter: one Tune trial drives one TrialRunner, one RL step per Tune iteration.
+
+The driver runs Tune with reuse_actors: an actor that finished (or early-stopped) a trial takes the next one
+through `reset_config`, so a sweep pays process start and imports once per CPU slot, not once per trial.
 
 Only this module and the driver know Ray. Each result is a flat dict of floats plus `step`; the final one
 carries the held-out score, so the driver can build the results table from Tune's results alone (no shared
@@ -32,6 +35,17 @@ class LayerTrainable(tune.Trainable):
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # and the weight-loading bars of every trial start
+        self._start(config)
+
+    def reset_config(self, new_config: dict[str, Any]) -> bool:
+        """The next trial in this warm actor (Tune's reuse_actors): the process, its imports and its threads are
+        kept, the previous trial's model, optimizer and engine are closed, and the new trial starts from scratch
+        exactly as in a fresh actor."""
+        self.runner.close()
+        self._start(new_config)
+        return True
+
+    def _start(self, config: dict[str, Any]) -> None:
         spec = spec_from_config(config)
         cfg = TrialConfig.model_validate(config["trial"]["trial_config"])
         cpus = int(max(1, self.trial_resources.required_resources.get("CPU", 1))) if self.trial_resources else 1

@@ -116,13 +116,15 @@ def _kill_ray_under(ray_tmp: str) -> None:
 def test_driver_killed_mid_sweep_then_resume_skips_finished_trials(tmp_path):
     ray_tmp = tempfile.mkdtemp(prefix="lsray-", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
     env = {**os.environ, "LAYERSWEEP_CACHE": str(tmp_path / "cache"), "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": ray_tmp}
-    sets = ["--set", f"output_dir={tmp_path / 'runs'}", "--set", "layers=[0,1,2]", "--set", "budget.steps=6",
-            "--set", "checkpoint_every=2", "--set", "resources.max_concurrent_trials=1"]
+    # One trial at a time in one warm actor; 32 prompts x G=4 a step make each layer trial last seconds, so the
+    # three layer trials cannot all finish in the wait below.
+    sets = ["--set", f"output_dir={tmp_path / 'runs'}", "--set", "layers=[0,1,2]", "--set", "budget.steps=80",
+            "--set", "budget.prompts_per_step=32", "--set", "checkpoint_every=20", "--set", "resources.max_concurrent_trials=1"]
     sweep_dir = tmp_path / "runs" / "tiny-test"
     driver = _run_cli(["run", str(TINY), "--no-dashboard", *sets], env)
     deadline = time.time() + 600  # generous: a loaded CI machine starts Ray and trials slowly
-    while time.time() < deadline and len(list(sweep_dir.glob("trials/*/metrics.jsonl"))) < 3:
-        time.sleep(0.5)
+    while time.time() < deadline and len(list(sweep_dir.glob("trials/*/score.json"))) < 2:
+        time.sleep(0.2)
     # Trials finished by now must not run again; Tune persists its state every second (TUNE_GLOBAL_CHECKPOINT_S=1),
     # so wait 3 s before the kill. A trial finishing during that wait may legitimately run again.
     finished_before = {p.parent.name: p.stat().st_mtime for p in sweep_dir.glob("trials/*/score.json")}
@@ -147,5 +149,5 @@ def test_driver_killed_mid_sweep_then_resume_skips_finished_trials(tmp_path):
     client, _, children = _trial_runs(sweep_dir)
     for name, run in children.items():
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "reward_mean"))
-        expected = [] if name.startswith("base") else list(range(1, 7))
+        expected = [] if name.startswith("base") else list(range(1, 81))
         assert steps == expected, name

@@ -134,7 +134,8 @@ class PolicyScorer:
                 out = layer(hidden, **prefix.layer_kwargs)
                 hidden = out[0] if isinstance(out, tuple) else out
             logits = self.lm_head(self.norm(hidden[:, start : start + width]))
-        return logits.float() / self.temperature
+        logits = logits.float()  # no copy for an fp32 model
+        return logits if self.temperature == 1.0 else logits / self.temperature  # at T = 1 a divide is a wasted pass over (N, T, V)
 
     def token_logp(self, inputs: ScoringInputs, prefix: PrefixState | None, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(logp_NT, entropy_NT or None) of the sampled completion tokens."""
