@@ -10,6 +10,7 @@ filesystem needed on a cluster).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import deque
 from pathlib import Path
@@ -35,6 +36,7 @@ class LayerTrainable(tune.Trainable):
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # and the weight-loading bars of every trial start
+        logging.getLogger("ray.train").setLevel(logging.WARNING)  # and a "Checkpoint successfully created" line per checkpoint
         self._start(config)
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
