@@ -69,7 +69,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     # Ray first: its prestarted workers import the trial code while this process imports the driver's
-    start_ray(args.address, not args.no_dashboard, preload_fits(cfg.resources.cpus_per_trial))
+    start_ray(args.address, not args.no_dashboard, preload_fits(cfg.resources.cpus_per_trial, cfg.resources.gpus_per_trial,
+                                                                 cfg.resources.max_concurrent_trials))
     from orchestrator.driver import run_sweep
 
     return _verdict(run_sweep(cfg, address=args.address, include_dashboard=not args.no_dashboard), cfg.min_finished_layer_share)
@@ -106,19 +107,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     from orchestrator.driver import model_num_layers
     from orchestrator.plan import candidate_layers
+    from orchestrator.config import ProbeConfig
     from orchestrator.probe import correlations, probe_text, run_probe, write_probe
     from orchestrator.results import load_results
     from workers.base_model import resolve_model_dir
 
     cfg = _load(args)
-    batches = args.batches or (cfg.probe.batches if cfg.probe else 8)
+    batches = args.batches if args.batches is not None else (cfg.probe or ProbeConfig()).batches
     if batches < 2:
         raise ValueError(f"--batches {batches}: at least 2 are needed (one for the gradient, one held out)")
     measured = load_results(Path(args.against)) if args.against else None  # a bad directory fails before the probe runs
     layers = candidate_layers(cfg.layers, model_num_layers(resolve_model_dir(cfg.trial_config())))
     table, info = run_probe(cfg, layers, batches, args.threads)
     rhos = correlations(table, measured, args.against) if measured is not None else None
-    out = Path(args.out) if args.out else cfg.sweep_dir
+    out = Path(args.out) if args.out else cfg.sweep_dir / "probe"  # never the probe.csv a probe sweep chose its layers by
     files = write_probe(out, table, info)
     if rhos is not None:
         rhos.to_csv(out / "probe_vs_sweep.csv", index=False)
@@ -227,9 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     probe = sub.add_parser("probe", help="rank the candidate layers without RL, from signals on base-model rollouts")
     probe.add_argument("config")
     probe.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
-    probe.add_argument("--batches", type=int, help="rollout batches of the base model (default probe.batches, else 8)")
+    probe.add_argument("--batches", type=int, help="rollout batches of the base model (default: the config's probe.batches)")
     probe.add_argument("--against", metavar="SWEEP_DIR", help="a finished sweep: print each signal's Spearman rho with its C(i)")
-    probe.add_argument("--out", help="directory for probe.csv / probe.json (default: the config's sweep directory)")
+    probe.add_argument("--out", help="directory for probe.csv / probe.json (default: <sweep directory>/probe)")
     probe.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     probe.set_defaults(handler=cmd_probe)
 

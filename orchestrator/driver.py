@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 
 def _start_checked_ray(cfg: SweepConfig, address: str | None, include_dashboard: bool) -> str | None:
     """Join or start Ray, then check that one trial fits on some node before anything else is spent."""
-    dashboard = start_ray(address, include_dashboard, preload_fits(cfg.resources.cpus_per_trial))
+    resources = cfg.resources
+    dashboard = start_ray(address, include_dashboard,
+                          preload_fits(resources.cpus_per_trial, resources.gpus_per_trial, resources.max_concurrent_trials))
     check_cluster_fits(cfg.resources)
     return dashboard
 
@@ -74,7 +76,10 @@ def _probe_then_choose(cfg: SweepConfig, sweep_dir: Path, candidates: list[int],
     assert cfg.probe is not None
     resources = cfg.resources
     probe_task = ray.remote(num_cpus=resources.cpus_per_trial, num_gpus=resources.gpus_per_trial, max_retries=0)(run_probe)
-    table, info = ray.get(probe_task.remote(cfg, candidates, cfg.probe.batches, int(max(1, resources.cpus_per_trial))))
+    try:
+        table, info = ray.get(probe_task.remote(cfg, candidates, cfg.probe.batches, int(max(1, resources.cpus_per_trial))))
+    except ray.exceptions.RayTaskError as error:  # the probe's own one-line error, not the remote traceback
+        raise error.cause from None
     write_probe(sweep_dir, table, info)
     choice = probe_choice(cfg.probe, candidates, table)
     emit(probe_text(table, info))

@@ -29,7 +29,7 @@ def probe_table(result: ProbeResult) -> pd.DataFrame:
     """One row per probed layer: its signals and, per signal, its rank (1 = predicted best)."""
     table = pd.DataFrame(result.rows())
     for name in SIGNALS:
-        table[f"rank_{name}"] = table[name].rank(ascending=False, method="first").astype(int)
+        table[f"rank_{name}"] = table[name].rank(ascending=False, method="first", na_option="bottom").astype(int)
     return table
 
 

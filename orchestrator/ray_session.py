@@ -33,15 +33,22 @@ def start_ray(address: str | None, include_dashboard: bool = True, preload: bool
     if address:
         context = ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
     else:  # trials' own output (warnings, tracebacks) reaches this driver, hence `ray job logs`
-        system_config = {"preload_python_modules": list(PRELOADED_MODULES)} if preload else None
-        context = ray.init(include_dashboard=include_dashboard, ignore_reinit_error=True, log_to_driver=True,
-                           _system_config=system_config)
+        options = dict(include_dashboard=include_dashboard, ignore_reinit_error=True, log_to_driver=True)
+        try:
+            system_config = {"preload_python_modules": list(PRELOADED_MODULES)} if preload else None
+            context = ray.init(**options, _system_config=system_config)
+        except ValueError as error:  # a `ray start` cluster on this machine is joined instead: its config is its own
+            if "_system_config must not be provided" not in str(error):
+                raise
+            context = ray.init(**options)
     url = getattr(context, "dashboard_url", None)
     _dashboard_url = f"http://{url}" if url and not url.startswith("http") else url
     return _dashboard_url
 
 
-def preload_fits(cpus_per_trial: float) -> bool:
-    """Preload only where every prestarted worker will run a trial (one CPU or less per trial): with more CPUs
-    per trial most of the one-per-CPU prestarted workers would sit idle holding torch in memory."""
-    return cpus_per_trial <= 1
+def preload_fits(cpus_per_trial: float, gpus_per_trial: float, max_concurrent_trials: int | None) -> bool:
+    """Preload only where the prestarted workers (one per CPU of this machine) will all run trials: CPU trials of
+    at most one CPU, with no cap on concurrency below the CPU count. Otherwise most of them would sit idle holding
+    torch in memory."""
+    cpus = os.cpu_count() or 1
+    return cpus_per_trial <= 1 and gpus_per_trial == 0 and (max_concurrent_trials is None or max_concurrent_trials >= cpus)

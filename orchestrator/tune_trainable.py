@@ -10,6 +10,7 @@ filesystem needed on a cluster).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections import deque
@@ -43,7 +44,10 @@ class LayerTrainable(tune.Trainable):
         """The next trial in this warm actor (Tune's reuse_actors): the process, its imports and its threads are
         kept, the previous trial's model, optimizer and engine are closed, and the new trial starts from scratch
         exactly as in a fresh actor."""
-        self.runner.close()
+        previous, self.runner = self.runner, None
+        previous.close()
+        del previous  # the old model, optimizer and engine go before the next trial loads its own
+        gc.collect()
         self._start(new_config)
         return True
 

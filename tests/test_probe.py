@@ -61,6 +61,20 @@ def test_lookahead_is_the_held_out_gain_of_a_real_single_layer_adamw_step(tiny):
     assert signals["lookahead"][1] == pytest.approx(gain, rel=1e-3, abs=1e-7)
 
 
+def test_a_probe_whose_rollouts_carry_no_advantage_says_so_in_one_line(tmp_path, monkeypatch):
+    """A constant reward gives every group equal rewards: nothing to rank by, and the probe must not pretend."""
+    from workers.base_model import load_model_and_tokenizer, resolve_model_dir
+    from workers.probe import NoProbeSignalError, probe_rollouts
+
+    (tmp_path / "constant_reward.py").write_text("def one(prompts, completions, **meta):\n    return [1.0] * len(completions)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = load_sweep_config(TINY, {"model.cache_dir": str(tmp_path / "cache"), "task.reward": "constant_reward:one"}).trial_config()
+    model_dir = resolve_model_dir(cfg)
+    model, tokenizer = load_model_and_tokenizer(model_dir)
+    with pytest.raises(NoProbeSignalError, match=r"^probe: all 1 gradient batches have zero advantage"):
+        probe_rollouts(cfg, model, tokenizer, model_dir, batches=2)
+
+
 def _probe(values: dict[str, list[float]], layers: list[int]) -> pd.DataFrame:
     return probe_table(ProbeResult(layers, values))
 

@@ -28,15 +28,15 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rollout.factory import build_engine
 from rollout.tasks.registry import build_task
-from workers.algorithms.losses import LOSS_AGGREGATIONS, policy_token_loss
-from workers.algorithms.probe_signals import SIGNALS, adam_first_step, block_influence, relative_gradient
+from workers.algorithms.losses import LOSS_AGGREGATIONS, policy_token_loss, truncated_is_weight
+from workers.algorithms.probe_signals import adam_first_step, block_influence, relative_gradient
 from workers.base_model import load_model_and_tokenizer, resolve_model_dir
 from workers.collect import build_collector
 from workers.config import TrialConfig
-from workers.policy import PolicyScorer, PrefixState
+from workers.policy import PolicyScorer, PrefixState, ScoringInputs
 from workers.spec import TrialSpec
 from workers.trainable import DecoderLayout, find_decoder_layout, select_trainable
-from workers.update import UpdateBatch, row_slices
+from workers.update import NonFiniteLossError, UpdateBatch, row_slices
 
 class NoProbeSignalError(ValueError):
     """Every rollout group of the probe had equal rewards: no advantage, no gradient, nothing to rank by."""
@@ -54,32 +54,50 @@ class ProbeResult:
         return [{"layer": layer, **{name: values[k] for name, values in self.signals.items()}} for k, layer in enumerate(self.layers)]
 
 
-def surrogate_loss(scorer: PolicyScorer, batch: UpdateBatch, cfg: TrialConfig, old_logps: list[torch.Tensor] | None = None,
-                   backward: bool = False, prefixes: list[PrefixState | None] | None = None) -> tuple[float, list[torch.Tensor]]:
-    """The trials' PPO-clip loss of `batch`, aggregated as they aggregate it, micro-batch by micro-batch (backward
-    after each when asked); old log-probs default to the current ones (the first step of an update), the hidden
-    states entering the scorer's first trainable layer to the scorer's own prefix pass. Returns the loss and the
-    log-probs it was computed at."""
+def _micro_loss(scorer: PolicyScorer, inputs: ScoringInputs, prefix: PrefixState | None, adv_N: torch.Tensor,
+                old_NT: torch.Tensor | None, sample_logp_NT: torch.Tensor, denominator: torch.Tensor,
+                cfg: TrialConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, log-probs) of one micro-batch: the trials' per-token PPO-clip loss (times the truncated IS weight
+    when configured) summed as their aggregation sums it, over the whole batch's `denominator`; old log-probs
+    default to the current ones (the first step of an update). The KL term is left out: it is zero at the base
+    weights and second order after one step."""
     algorithm = cfg.algorithm
-    aggregation = LOSS_AGGREGATIONS.get(algorithm.aggregation)
-    mask_NT = batch.inputs.completion_mask_NT.float()
-    denominator = aggregation.denominator(mask_NT, cfg.rollout.max_new_tokens)
+    logp_NT, _ = scorer.token_logp(inputs, prefix)
+    old_NT = old_NT if old_NT is not None else logp_NT.detach()
+    is_weight_NT = None
+    if algorithm.truncated_is_cap is not None:
+        is_weight_NT = truncated_is_weight(old_NT, sample_logp_NT, algorithm.truncated_is_cap)
+    terms = policy_token_loss(logp_NT, old_NT, adv_N, algorithm.clip_eps_low, algorithm.clip_eps_high, is_weight_NT)
+    loss = LOSS_AGGREGATIONS.get(algorithm.aggregation).numerator(terms.loss_NT, inputs.completion_mask_NT.float()) / denominator
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(f"probe: the surrogate loss is {float(loss)}")
+    return loss, logp_NT.detach()
+
+
+def _denominator(batch: UpdateBatch, cfg: TrialConfig) -> torch.Tensor:
+    aggregation = LOSS_AGGREGATIONS.get(cfg.algorithm.aggregation)
+    return aggregation.denominator(batch.inputs.completion_mask_NT.float(), cfg.rollout.max_new_tokens)
+
+
+def surrogate_loss(scorer: PolicyScorer, batch: UpdateBatch, cfg: TrialConfig, old_logps: list[torch.Tensor] | None = None,
+                   backward: bool = False) -> tuple[float, list[torch.Tensor]]:
+    """The trials' surrogate loss of `batch` (`_micro_loss`), micro-batch by micro-batch, backward after each when
+    asked. Returns the loss and the log-probs of each micro-batch it was computed at."""
+    denominator = _denominator(batch, cfg)
     total, logps = 0.0, []
-    for index, rows in enumerate(row_slices(mask_NT.shape[0], algorithm.micro_batch_size)):
+    for index, rows in enumerate(row_slices(batch.adv_N.shape[0], cfg.algorithm.micro_batch_size)):
         inputs = batch.inputs.rows(rows)
-        logp_NT, _ = scorer.token_logp(inputs, prefixes[index] if prefixes is not None else scorer.prefix(inputs))
-        old_NT = old_logps[index] if old_logps is not None else logp_NT.detach()
-        terms = policy_token_loss(logp_NT, old_NT, batch.adv_N[rows], algorithm.clip_eps_low, algorithm.clip_eps_high)
-        loss = aggregation.numerator(terms.loss_NT, mask_NT[rows]) / denominator
+        loss, logp_NT = _micro_loss(scorer, inputs, scorer.prefix(inputs), batch.adv_N[rows],
+                                    old_logps[index] if old_logps is not None else None, batch.sample_logp_NT[rows], denominator, cfg)
         if backward:
             loss.backward()
         total += float(loss.detach())
-        logps.append(logp_NT.detach())
+        logps.append(logp_NT)
     return total, logps
 
 
-def _influences(scorer: PolicyScorer, batches: list[UpdateBatch]) -> list[float]:
-    """block_influence of every decoder layer over all real tokens of `batches`."""
+def _influences(scorer: PolicyScorer, batches: list[UpdateBatch], micro_batch_size: int) -> list[float]:
+    """block_influence of every decoder layer over all real tokens of `batches`, micro-batch by micro-batch."""
     sums = [[0.0, 0.0] for _ in scorer.layers]
     mask: dict[str, torch.Tensor] = {}
 
@@ -95,10 +113,10 @@ def _influences(scorer: PolicyScorer, batches: list[UpdateBatch]) -> list[float]
     handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(scorer.layers)]
     try:
         with torch.no_grad():
-            for batch in batches:
-                mask["NL"] = batch.inputs.attention_mask_NL
-                scorer.decoder(input_ids=batch.inputs.input_ids_NL, attention_mask=batch.inputs.attention_mask_NL,
-                               position_ids=batch.inputs.position_ids_NL, use_cache=False)
+            for inputs in (b.inputs.rows(rows) for b in batches for rows in row_slices(b.adv_N.shape[0], micro_batch_size)):
+                mask["NL"] = inputs.attention_mask_NL
+                scorer.decoder(input_ids=inputs.input_ids_NL, attention_mask=inputs.attention_mask_NL,
+                               position_ids=inputs.position_ids_NL, use_cache=False)
     finally:
         for handle in handles:
             handle.remove()
@@ -157,57 +175,56 @@ def measure_signals(model: PreTrainedModel, cfg: TrialConfig, rollouts: ProbeRol
                  for group in layer_params]
     model.zero_grad(set_to_none=True)
 
-    influences = _influences(scorer, rollouts.held_out + rollouts.gradient)
-    lookahead: dict[int, float] = {}
-    with torch.no_grad():
-        before = [surrogate_loss(scorer, batch, cfg) for batch in rollouts.held_out]
-        carried = _CarriedPrefixes(scorer, selection.layout, rollouts.held_out, cfg.algorithm.micro_batch_size)
-        for layer in sorted(layers):  # each layer's step is judged from the base hidden states entering it
-            layer_scorer, prefixes = carried.at(layer)
-            saved = [p.detach().clone() for p in layer_params[layer]]
-            for p, g in zip(layer_params[layer], gradients[layer]):
-                p.add_(adam_first_step(g, first_step_lr(cfg)))
-            after = sum(surrogate_loss(layer_scorer, batch, cfg, old, prefixes=batch_prefixes)[0]
-                        for batch, (_, old), batch_prefixes in zip(rollouts.held_out, before, prefixes))
-            for p, value in zip(layer_params[layer], saved):
-                p.copy_(value)
-            lookahead[layer] = sum(loss for loss, _ in before) - after
+    influences = _influences(scorer, rollouts.held_out + rollouts.gradient, cfg.algorithm.micro_batch_size)
+    lookahead = _lookahead(scorer, selection.layout, rollouts.held_out, cfg, layers, layer_params, gradients)
     sizes = [relative_gradient(gradients[layer], [p.detach() for p in layer_params[layer]]) for layer in layers]
     return {"lookahead": [lookahead[layer] for layer in layers], "relative_gradient": [ratio for _, _, ratio in sizes],
             "grad_norm": [norm for norm, _, _ in sizes], "block_influence": [influences[layer] for layer in layers]}
 
 
-class _CarriedPrefixes:
-    """The base model's hidden states entering layer i of every held-out micro-batch, carried upward one layer at a
-    time: judging layer i's lookahead step then runs layers i..L-1 only, half a forward pass on average instead of
-    a whole one. Models whose layers need different masks (PolicyScorer.uses_prefix false) run whole passes."""
+@torch.no_grad()
+def _lookahead(scorer: PolicyScorer, layout: DecoderLayout, held_out: list[UpdateBatch], cfg: TrialConfig, layers: list[int],
+               layer_params: list[list[torch.nn.Parameter]], gradients: list[list[torch.Tensor]]) -> dict[int, float]:
+    """Layer -> held-out surrogate loss before minus after AdamW's first step on that layer alone.
 
-    def __init__(self, scorer: PolicyScorer, layout: DecoderLayout, batches: list[UpdateBatch], micro_batch_size: int) -> None:
-        self.scorer, self.layout, self.layer = scorer, layout, 0
-        self.states = [[scorer.prefix(batch.inputs.rows(rows)) for rows in row_slices(batch.adv_N.shape[0], micro_batch_size)]
-                       for batch in batches]
+    One held-out micro-batch at a time (memory as in a trial): the base model's hidden states entering layer i are
+    carried upward one layer at a time, so judging layer i's step runs layers i..L-1 only, half a forward pass on
+    average. Models whose layers need different masks (PolicyScorer.uses_prefix false) run whole passes."""
+    gains = {layer: 0.0 for layer in layers}
+    lr = first_step_lr(cfg)
+    for batch in held_out:
+        denominator = _denominator(batch, cfg)
+        for rows in row_slices(batch.adv_N.shape[0], cfg.algorithm.micro_batch_size):
+            inputs, adv_N, sample_NT = batch.inputs.rows(rows), batch.adv_N[rows], batch.sample_logp_NT[rows]
+            state = scorer.prefix(inputs)  # entering layer 0; None when the model needs whole passes
+            before, old_NT = _micro_loss(scorer, inputs, state, adv_N, None, sample_NT, denominator, cfg)
+            below = 0
+            for layer in sorted(layers):
+                if state is not None:
+                    for block in scorer.layers[below:layer]:
+                        out = block(state.hidden_NLH, **state.layer_kwargs)
+                        state = PrefixState(out[0] if isinstance(out, tuple) else out, state.layer_kwargs)
+                    below = layer
+                layer_scorer = PolicyScorer(scorer.model, layout, layer if state is not None else None, scorer.temperature)
+                saved = [p.detach().clone() for p in layer_params[layer]]
+                for p, g in zip(layer_params[layer], gradients[layer]):
+                    p.add_(adam_first_step(g, lr))
+                after, _ = _micro_loss(layer_scorer, inputs, state, adv_N, old_NT, sample_NT, denominator, cfg)
+                for p, value in zip(layer_params[layer], saved):
+                    p.copy_(value)
+                gains[layer] += float(before - after)
+    return gains
 
-    def at(self, layer: int) -> tuple[PolicyScorer, list[list[PrefixState | None]]]:
-        """(a scorer whose first trainable layer is `layer`, the states entering it); call with rising layers."""
-        scorer = self.scorer
-        if not scorer.uses_prefix:
-            return PolicyScorer(scorer.model, self.layout, None, scorer.temperature), [[None] * len(s) for s in self.states]
-        for state in (state for batch in self.states for state in batch):
-            for block in scorer.layers[self.layer:layer]:
-                out = block(state.hidden_NLH, **state.layer_kwargs)
-                state.hidden_NLH = out[0] if isinstance(out, tuple) else out
-        self.layer = layer
-        return PolicyScorer(scorer.model, self.layout, layer, scorer.temperature), self.states
 
-
-def probe_layers(cfg: TrialConfig, layers: list[int], batches: int = 8, num_threads: int | None = None) -> ProbeResult:
+def probe_layers(cfg: TrialConfig, layers: list[int], batches: int, num_threads: int | None = None) -> ProbeResult:
     """Every signal for each of `layers`, from `batches` rollout batches of the base model (the prompts of the
     first `batches` training steps)."""
     started = time.perf_counter()
     if num_threads:
         torch.set_num_threads(num_threads)
     model_dir = resolve_model_dir(cfg)
-    model, tokenizer = load_model_and_tokenizer(model_dir, cfg.model.dtype)
+    # float32 whatever the trials' dtype: a first-step update of ~1e-6 would mostly round away in bf16 weights
+    model, tokenizer = load_model_and_tokenizer(model_dir, "float32")
     rollouts = probe_rollouts(cfg, model, tokenizer, model_dir, batches)
     rollout_seconds = time.perf_counter() - started
     signals = measure_signals(model, cfg, rollouts, layers)
