@@ -69,8 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     # Ray first: its prestarted workers import the trial code while this process imports the driver's
-    start_ray(args.address, not args.no_dashboard, preload_fits(cfg.resources.cpus_per_trial, cfg.resources.gpus_per_trial,
-                                                                 cfg.resources.max_concurrent_trials))
+    start_ray(args.address, not args.no_dashboard, preload_fits(cfg.resources))
     from orchestrator.driver import run_sweep
 
     return _verdict(run_sweep(cfg, address=args.address, include_dashboard=not args.no_dashboard), cfg.min_finished_layer_share)

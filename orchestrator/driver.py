@@ -36,9 +36,7 @@ log = logging.getLogger(__name__)
 
 def _start_checked_ray(cfg: SweepConfig, address: str | None, include_dashboard: bool) -> str | None:
     """Join or start Ray, then check that one trial fits on some node before anything else is spent."""
-    resources = cfg.resources
-    dashboard = start_ray(address, include_dashboard,
-                          preload_fits(resources.cpus_per_trial, resources.gpus_per_trial, resources.max_concurrent_trials))
+    dashboard = start_ray(address, include_dashboard, preload_fits(cfg.resources))
     check_cluster_fits(cfg.resources)
     return dashboard
 

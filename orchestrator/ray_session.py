@@ -12,6 +12,8 @@ import os
 
 import ray
 
+from orchestrator.config import ResourcesConfig
+
 PRELOADED_MODULES = ("orchestrator.tune_trainable",)
 """What a trial actor imports: LayerTrainable and, through it, the worker and rollout packages."""
 
@@ -46,9 +48,10 @@ def start_ray(address: str | None, include_dashboard: bool = True, preload: bool
     return _dashboard_url
 
 
-def preload_fits(cpus_per_trial: float, gpus_per_trial: float, max_concurrent_trials: int | None) -> bool:
+def preload_fits(resources: ResourcesConfig) -> bool:
     """Preload only where the prestarted workers (one per CPU of this machine) will all run trials: CPU trials of
     at most one CPU, with no cap on concurrency below the CPU count. Otherwise most of them would sit idle holding
     torch in memory."""
     cpus = os.cpu_count() or 1
-    return cpus_per_trial <= 1 and gpus_per_trial == 0 and (max_concurrent_trials is None or max_concurrent_trials >= cpus)
+    concurrency = resources.max_concurrent_trials
+    return resources.cpus_per_trial <= 1 and resources.gpus_per_trial == 0 and (concurrency is None or concurrency >= cpus)

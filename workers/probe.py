@@ -28,7 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rollout.factory import build_engine
 from rollout.tasks.registry import build_task
-from workers.algorithms.losses import LOSS_AGGREGATIONS, policy_token_loss, truncated_is_weight
+from workers.algorithms.losses import LOSS_AGGREGATIONS
 from workers.algorithms.probe_signals import adam_first_step, block_influence, relative_gradient
 from workers.base_model import load_model_and_tokenizer, resolve_model_dir
 from workers.collect import build_collector
@@ -36,7 +36,7 @@ from workers.config import TrialConfig
 from workers.policy import PolicyScorer, PrefixState, ScoringInputs
 from workers.spec import TrialSpec
 from workers.trainable import DecoderLayout, find_decoder_layout, select_trainable
-from workers.update import NonFiniteLossError, UpdateBatch, row_slices
+from workers.update import NonFiniteLossError, UpdateBatch, row_slices, trial_token_loss
 
 class NoProbeSignalError(ValueError):
     """Every rollout group of the probe had equal rewards: no advantage, no gradient, nothing to rank by."""
@@ -61,14 +61,10 @@ def _micro_loss(scorer: PolicyScorer, inputs: ScoringInputs, prefix: PrefixState
     when configured) summed as their aggregation sums it, over the whole batch's `denominator`; old log-probs
     default to the current ones (the first step of an update). The KL term is left out: it is zero at the base
     weights and second order after one step."""
-    algorithm = cfg.algorithm
     logp_NT, _ = scorer.token_logp(inputs, prefix)
     old_NT = old_NT if old_NT is not None else logp_NT.detach()
-    is_weight_NT = None
-    if algorithm.truncated_is_cap is not None:
-        is_weight_NT = truncated_is_weight(old_NT, sample_logp_NT, algorithm.truncated_is_cap)
-    terms = policy_token_loss(logp_NT, old_NT, adv_N, algorithm.clip_eps_low, algorithm.clip_eps_high, is_weight_NT)
-    loss = LOSS_AGGREGATIONS.get(algorithm.aggregation).numerator(terms.loss_NT, inputs.completion_mask_NT.float()) / denominator
+    terms = trial_token_loss(logp_NT, old_NT, adv_N, sample_logp_NT, cfg.algorithm)
+    loss = LOSS_AGGREGATIONS.get(cfg.algorithm.aggregation).numerator(terms.loss_NT, inputs.completion_mask_NT.float()) / denominator
     if not torch.isfinite(loss):
         raise NonFiniteLossError(f"probe: the surrogate loss is {float(loss)}")
     return loss, logp_NT.detach()

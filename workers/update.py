@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from workers.algorithms.losses import LOSS_AGGREGATIONS, policy_token_loss, truncated_is_weight
+from workers.algorithms.losses import LOSS_AGGREGATIONS, TokenLoss, policy_token_loss, truncated_is_weight
 from workers.config import AlgorithmConfig
 from workers.policy import PolicyScorer, ScoringInputs
 from workers.reference import ReferenceWeights
@@ -33,6 +33,18 @@ def row_slices(num_rows: int, micro_batch_size: int) -> list[slice]:
     return [slice(start, min(start + micro_batch_size, num_rows)) for start in range(0, num_rows, micro_batch_size)]
 
 
+def trial_token_loss(logp_NT: torch.Tensor, old_NT: torch.Tensor, adv_N: torch.Tensor, sample_logp_NT: torch.Tensor,
+                     algorithm: AlgorithmConfig, ref_logp_NT: torch.Tensor | None = None) -> TokenLoss:
+    """The per-token loss a trial differentiates, as `algorithm` configures it: PPO-clip, times the truncated IS
+    weight against the engine's log-probs when `truncated_is_cap` is set, plus kl_beta * KL when a reference is
+    given. One definition for the update step and the probe's lookahead, so the two cannot drift apart."""
+    is_weight_NT = None
+    if algorithm.truncated_is_cap is not None:
+        is_weight_NT = truncated_is_weight(old_NT, sample_logp_NT, algorithm.truncated_is_cap)
+    return policy_token_loss(logp_NT, old_NT, adv_N, algorithm.clip_eps_low, algorithm.clip_eps_high, is_weight_NT,
+                             ref_logp_NT, algorithm.kl_beta)
+
+
 def policy_update(
     scorer: PolicyScorer,
     optimizer: torch.optim.Optimizer,
@@ -51,8 +63,7 @@ def policy_update(
     prefixes = [scorer.prefix(inputs) for inputs in micro]
 
     with torch.no_grad():
-        truncated_is_cap = algorithm.truncated_is_cap
-        needs_old = algorithm.ppo_epochs > 1 or truncated_is_cap is not None
+        needs_old = algorithm.ppo_epochs > 1 or algorithm.truncated_is_cap is not None
         old_logps = [scorer.token_logp(i, p)[0] for i, p in zip(micro, prefixes)] if needs_old else None
         ref_logps = None
         if reference is not None and algorithm.kl_beta > 0:
@@ -69,12 +80,9 @@ def policy_update(
             logp_NT, entropy_NT = scorer.token_logp(inputs, prefix, with_entropy=first_epoch)
             old_NT = old_logps[index] if old_logps is not None else logp_NT.detach()
             mb_mask_NT = mask_NT[rows]
-            is_weight_NT = None
-            if truncated_is_cap is not None:
-                is_weight_NT = truncated_is_weight(old_NT, batch.sample_logp_NT[rows], truncated_is_cap)
-            loss_NT, pg_NT, kl_NT, clipped_NT = policy_token_loss(
-                logp_NT, old_NT, batch.adv_N[rows], algorithm.clip_eps_low, algorithm.clip_eps_high,
-                is_weight_NT, ref_logps[index] if ref_logps is not None else None, algorithm.kl_beta,
+            loss_NT, pg_NT, kl_NT, clipped_NT = trial_token_loss(
+                logp_NT, old_NT, batch.adv_N[rows], batch.sample_logp_NT[rows], algorithm,
+                ref_logps[index] if ref_logps is not None else None,
             )
             if kl_NT is not None and first_epoch:
                 totals["kl"] += float((kl_NT.detach() * mb_mask_NT).sum()) / num_tokens
