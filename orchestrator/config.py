@@ -32,6 +32,11 @@ class ResourcesConfig(Section):
     require_fit: bool = True
     """Fail before any trial starts when no alive node can hold one trial; turn off on autoscaling clusters
     whose nodes appear on demand."""
+    reuse_actors: bool = True
+    """A warm trial actor takes the next trial when its own ends (Tune's reuse_actors): no process start and no
+    imports per trial. Tune hands a pending trial the first warm actor that frees up, cancelling the actor still
+    starting for it, so trials shorter than an actor's start can all run on one node; turn off to give every
+    trial its own new actor (trials then spread over nodes as their resources allow)."""
 
     @model_validator(mode="after")
     def _whole_above_one(self) -> "ResourcesConfig":

@@ -134,7 +134,7 @@ def _tuner(cfg: SweepConfig, sweep_dir: Path, specs: list[TrialSpec], experiment
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
             scheduler=layer_scheduler(cfg.early_stop, cfg.budget.steps) if cfg.early_stop else None,
-            reuse_actors=True,  # one warm process per slot runs trial after trial (LayerTrainable.reset_config)
+            reuse_actors=cfg.resources.reuse_actors,  # warm actors run trial after trial (LayerTrainable.reset_config)
         ),
         run_config=_run_config(cfg, sweep_dir, experiment, uri, len(specs), num_layers, emit),
     )

@@ -1,5 +1,5 @@
-"""Joining or starting Ray for a sweep, kept light (no torch, no Tune) so the CLI can start Ray first and let
-Ray's worker processes import the trial code while the driver imports its own.
+"""Joining or starting Ray for a sweep, kept apart from the driver (no Tune, no model code) so the CLI can start
+Ray first and let Ray's worker processes import the trial code while the driver imports its own.
 
 A local Ray prestarts one worker process per CPU. With `preload`, each of them imports the trial code
 (`PRELOADED_MODULES`: torch, transformers, the rollout engines, Tune) before it takes work, so the first trial

@@ -208,9 +208,10 @@ def step_history(client: MlflowClient, experiment: str) -> tuple[dict, dict[str,
 def test_job_runs_trials_on_both_worker_nodes_and_tracks_them_on_the_mlflow_server(cluster):
     ray_cluster, uri, tmp = cluster
     out = tmp / "runs-placement"
-    # Trials lasting seconds (64 prompts x G = 8 a step): a warm actor takes the next trial when its own ends
-    # (reuse_actors), so trials much shorter than an actor's start would all run in the first actor, on one node.
-    submit(ray_cluster, "placement", out, uri, "budget.steps=6", "budget.prompts_per_step=64", "rollout.group_size=8")
+    # Every trial in a new actor: with warm actors (the default) Tune gives a pending trial the first actor that
+    # frees up and cancels the one still starting on the other node, so trials lasting seconds can all run on one.
+    submit(ray_cluster, "placement", out, uri, "budget.steps=6", "budget.prompts_per_step=64", "rollout.group_size=8",
+           "resources.reuse_actors=false")
     status = wait_for_job(ray_cluster, "placement")
     logs = job_logs(ray_cluster, "placement")
     assert status == "SUCCEEDED", logs[-3000:]
