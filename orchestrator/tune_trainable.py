@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import sys
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,17 @@ from workers.config import TrialConfig
 from workers.runner import TrialRunner
 
 
+def _drop_unraisable_system_exit(unraisable: Any, _default: Any = sys.unraisablehook) -> None:
+    """Ray's SIGTERM handler raises SystemExit. When the signal lands while Python runs a GC callback (often: a
+    warm actor still finalizing when the driver shuts Ray down), Python cannot raise it there and prints an
+    "Exception ignored ... SystemExit" traceback, which Ray forwards into the driver's output after a sweep's
+    last line. The process is being terminated either way (Ray kills it after its grace period), so that
+    SystemExit is dropped; every other unraisable exception is reported as before."""
+    if unraisable.exc_type is not None and issubclass(unraisable.exc_type, SystemExit):
+        return
+    _default(unraisable)
+
+
 class LayerTrainable(tune.Trainable):
     """config = {"trial": {"spec": TrialSpec dict, "trial_config": TrialConfig dict, "label": str | None},
     "trials_dir": str, "signal_window": int}."""
@@ -38,6 +50,7 @@ class LayerTrainable(tune.Trainable):
 
         transformers_logging.disable_progress_bar()  # and the weight-loading bars of every trial start
         logging.getLogger("ray.train").setLevel(logging.WARNING)  # and a "Checkpoint successfully created" line per checkpoint
+        sys.unraisablehook = _drop_unraisable_system_exit
         self._start(config)
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:

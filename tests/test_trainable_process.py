@@ -1,0 +1,44 @@
+"""The trial actor's process: how it ends when Ray terminates it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PROVOKE = textwrap.dedent("""
+    import gc, weakref
+
+    class Box:
+        pass
+
+    def raise_system_exit(_):  # what Ray's SIGTERM handler does when the signal lands in a GC callback
+        raise SystemExit(1)
+
+    def raise_value_error(_):
+        raise ValueError("a real bug in a callback")
+
+    first, second = Box(), Box()
+    refs = [weakref.ref(first, raise_system_exit), weakref.ref(second, raise_value_error)]
+    del first, second
+    gc.collect()
+    print("still running")
+""")
+
+
+def _run(install_hook: bool) -> subprocess.CompletedProcess:
+    prologue = "import sys\nfrom orchestrator.tune_trainable import _drop_unraisable_system_exit\n"
+    prologue += "sys.unraisablehook = _drop_unraisable_system_exit\n" if install_hook else ""
+    return subprocess.run([sys.executable, "-c", prologue + PROVOKE], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_a_system_exit_python_cannot_raise_leaves_no_traceback_and_other_errors_still_show():
+    plain = _run(install_hook=False)
+    assert "SystemExit" in plain.stderr and "ValueError" in plain.stderr  # what the driver's output used to get
+    hooked = _run(install_hook=True)
+    assert hooked.returncode == 0 and "still running" in hooked.stdout
+    assert "SystemExit" not in hooked.stderr
+    assert "ValueError: a real bug in a callback" in hooked.stderr
