@@ -65,11 +65,11 @@ def _verdict(table, min_finished_layer_share: float = 1.0) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from orchestrator.ray_session import preload_fits, start_ray
+    from orchestrator.ray_session import start_ray
 
     cfg = _load(args)
-    # Ray first: its prestarted workers import the trial code while this process imports the driver's
-    start_ray(args.address, not args.no_dashboard, preload_fits(cfg.resources))
+    # Ray first: the config is known good before anything starts, and the driver module imports Tune
+    start_ray(args.address, not args.no_dashboard)
     from orchestrator.driver import run_sweep
 
     return _verdict(run_sweep(cfg, address=args.address, include_dashboard=not args.no_dashboard), cfg.min_finished_layer_share)

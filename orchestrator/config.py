@@ -37,6 +37,10 @@ class ResourcesConfig(Section):
     imports per trial. Tune hands a pending trial the first warm actor that frees up, cancelling the actor still
     starting for it, so trials shorter than an actor's start can all run on one node; turn off to give every
     trial its own new actor (trials then spread over nodes as their resources allow)."""
+    lend_idle_cpus: bool = True
+    """CPU trials on a one-node cluster take the CPUs no trial holds as extra torch threads (checked every few
+    seconds), so the last trials of a sweep do not leave cores idle; off, or with `num_threads` set, a trial
+    runs on its own CPUs only."""
 
     @model_validator(mode="after")
     def _whole_above_one(self) -> "ResourcesConfig":

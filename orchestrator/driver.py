@@ -21,7 +21,7 @@ from orchestrator.callbacks import MlflowForwarder, ProgressPrinter
 from orchestrator.config import EarlyStopConfig, SweepConfig, parse_sweep_config
 from orchestrator.early_stop import layer_scheduler
 from orchestrator.plan import candidate_layers, plan_trials
-from orchestrator.ray_session import preload_fits, start_ray
+from orchestrator.ray_session import start_ray
 from orchestrator.probe import probe_choice, probe_text, run_probe, write_probe
 from orchestrator.resources import check_cluster_fits
 from orchestrator.report import choice_message, render_sweep
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 def _start_checked_ray(cfg: SweepConfig, address: str | None, include_dashboard: bool) -> str | None:
     """Join or start Ray, then check that one trial fits on some node before anything else is spent."""
-    dashboard = start_ray(address, include_dashboard, preload_fits(cfg.resources))
+    dashboard = start_ray(address, include_dashboard)
     check_cluster_fits(cfg.resources)
     return dashboard
 
@@ -125,6 +125,7 @@ def _tuner(cfg: SweepConfig, sweep_dir: Path, specs: list[TrialSpec], experiment
         "trial": tune.grid_search([{"spec": s.to_dict(), "trial_config": per_seed[s.seed], "label": label} for s in specs]),
         "trials_dir": str(sweep_dir / TRIALS_DIR),
         "signal_window": (cfg.early_stop or EarlyStopConfig()).smoothing_steps,
+        "lend_idle_cpus": cfg.resources.lend_idle_cpus,
     }
     return tune.Tuner(
         _trainable(cfg),

@@ -1,9 +1,11 @@
-"""Joining or starting Ray for a sweep, kept apart from the driver (no Tune, no model code) so the CLI can start
-Ray first and let Ray's worker processes import the trial code while the driver imports its own.
+"""Joining or starting Ray for a sweep, kept apart from the driver (no Tune, no model code), so the CLI can start
+Ray before it imports the driver.
 
-A local Ray prestarts one worker process per CPU. With `preload`, each of them imports the trial code
-(`PRELOADED_MODULES`: torch, transformers, the rollout engines, Tune) before it takes work, so the first trial
-actors start warm instead of spending seconds on imports after the driver has finished its own set-up.
+No worker is preloaded with the trial code: Ray hands an actor only a worker started with the actor's runtime
+env and never a worker that already ran a task, and Ray Tune gives every trial actor its own env (a few env
+vars), so neither the workers a local Ray prestarts at boot nor warm-up tasks can become trial actors. Both were
+measured (raylet log: two new workers at the first trial, the warmed ones disconnected idle): preloading only
+spent 6-15 CPU-seconds of a 2-core machine during start-up.
 """
 
 from __future__ import annotations
@@ -12,17 +14,11 @@ import os
 
 import ray
 
-from orchestrator.config import ResourcesConfig
-
-PRELOADED_MODULES = ("orchestrator.tune_trainable",)
-"""What a trial actor imports: LayerTrainable and, through it, the worker and rollout packages."""
-
 _dashboard_url: str | None = None
 
 
-def start_ray(address: str | None, include_dashboard: bool = True, preload: bool = True) -> str | None:
-    """Connect to (or start) Ray; returns the dashboard URL when a dashboard is up (also on a second call).
-    `preload` applies to a Ray started here; a cluster's nodes are configured where they are started."""
+def start_ray(address: str | None, include_dashboard: bool = True) -> str | None:
+    """Connect to (or start) Ray; returns the dashboard URL when a dashboard is up (also on a second call)."""
     global _dashboard_url
     if ray.is_initialized():
         return _dashboard_url
@@ -32,26 +28,11 @@ def start_ray(address: str | None, include_dashboard: bool = True, preload: bool
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # lets the local dashboard's /api answer without a token
+    # trials' own output (warnings, tracebacks) reaches this driver, hence `ray job logs`
     if address:
         context = ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
-    else:  # trials' own output (warnings, tracebacks) reaches this driver, hence `ray job logs`
-        options = dict(include_dashboard=include_dashboard, ignore_reinit_error=True, log_to_driver=True)
-        try:
-            system_config = {"preload_python_modules": list(PRELOADED_MODULES)} if preload else None
-            context = ray.init(**options, _system_config=system_config)
-        except ValueError as error:  # a `ray start` cluster on this machine is joined instead: its config is its own
-            if "_system_config must not be provided" not in str(error):
-                raise
-            context = ray.init(**options)
+    else:
+        context = ray.init(include_dashboard=include_dashboard, ignore_reinit_error=True, log_to_driver=True)
     url = getattr(context, "dashboard_url", None)
     _dashboard_url = f"http://{url}" if url and not url.startswith("http") else url
     return _dashboard_url
-
-
-def preload_fits(resources: ResourcesConfig) -> bool:
-    """Preload only where the prestarted workers (one per CPU of this machine) will all run trials: CPU trials of
-    at most one CPU, with no cap on concurrency below the CPU count. Otherwise most of them would sit idle holding
-    torch in memory."""
-    cpus = os.cpu_count() or 1
-    concurrency = resources.max_concurrent_trials
-    return resources.cpus_per_trial <= 1 and resources.gpus_per_trial == 0 and (concurrency is None or concurrency >= cpus)

@@ -42,6 +42,15 @@ def check_trial_fits(resources: ResourcesConfig, nodes: Iterable[dict[str, Any]]
         )
 
 
+def lent_threads(own_cpus: int, total_cpus: float, free_cpus: float, cpus_per_trial: float) -> int:
+    """Torch threads for a running CPU trial on a one-node cluster whose CPUs are not all held by trials: the
+    sweep's tail, when fewer trials are left than slots and a core would otherwise idle until the last one ends.
+    The free CPUs are shared evenly among the running trials ((total - free) / cpus_per_trial of them), in whole
+    threads; a trial never gets fewer than its own CPUs."""
+    running = max(1, round((total_cpus - free_cpus) / cpus_per_trial))
+    return own_cpus + int(max(0.0, free_cpus) // running)
+
+
 def check_cluster_fits(resources: ResourcesConfig) -> None:
     """`check_trial_fits` against the connected Ray cluster (no-op when `require_fit` is off)."""
     if not resources.require_fit:

@@ -14,15 +14,18 @@ import gc
 import logging
 import os
 import sys
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any
 
 import ray
+import torch
 from ray import tune
 
 from orchestrator.config import EarlyStopConfig
 from orchestrator.early_stop import SIGNAL
+from orchestrator.resources import lent_threads
 from orchestrator.results import spec_from_config
 from workers.config import TrialConfig
 from workers.runner import TrialRunner
@@ -39,9 +42,13 @@ def _drop_unraisable_system_exit(unraisable: Any, _default: Any = sys.unraisable
     _default(unraisable)
 
 
+LEND_CHECK_S = 5.0
+"""Seconds between two looks at the CPUs no trial holds (`resources.lend_idle_cpus`)."""
+
+
 class LayerTrainable(tune.Trainable):
     """config = {"trial": {"spec": TrialSpec dict, "trial_config": TrialConfig dict, "label": str | None},
-    "trials_dir": str, "signal_window": int}."""
+    "trials_dir": str, "signal_window": int, "lend_idle_cpus": bool}."""
 
     def setup(self, config: dict[str, Any]) -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -67,8 +74,13 @@ class LayerTrainable(tune.Trainable):
     def _start(self, config: dict[str, Any]) -> None:
         spec = spec_from_config(config)
         cfg = TrialConfig.model_validate(config["trial"]["trial_config"])
-        cpus = int(max(1, self.trial_resources.required_resources.get("CPU", 1))) if self.trial_resources else 1
-        self.runner = TrialRunner(cfg, spec, Path(config["trials_dir"]) / spec.name, num_threads=cpus)
+        required = self.trial_resources.required_resources if self.trial_resources else {}
+        self.cpus_per_trial = float(required.get("CPU", 1.0))
+        self.own_threads = int(max(1, self.cpus_per_trial))
+        self.runner = TrialRunner(cfg, spec, Path(config["trials_dir"]) / spec.name, num_threads=self.own_threads)
+        self.lends = bool(config.get("lend_idle_cpus")) and cfg.num_threads is None and not required.get("GPU")
+        """Whether this trial takes idle CPUs as extra threads (CPU trials whose thread count is not pinned)."""
+        self.next_lend_check = time.monotonic()
         self.node = ray.get_runtime_context().get_node_id()
         """The Ray node this attempt runs on; reported with every result (a retried trial may move)."""
         self.recent_rewards: deque[float] = deque(maxlen=int(config.get("signal_window", EarlyStopConfig().smoothing_steps)))
@@ -80,11 +92,27 @@ class LayerTrainable(tune.Trainable):
         runner = self.runner
         if runner.done:  # base trial, or a restored trial whose training had finished
             return self._final({"step": runner.step})
-        record = runner.advance()
+        self._take_idle_cpus()
+        record = {**runner.advance(), "threads": torch.get_num_threads()}
         self.recent_rewards.append(float(record["reward_mean"]))
         if runner.done:
             return self._final(record)
         return {**record, **self._signal(), "trial_name": runner.spec.name, "node": self.node}
+
+    def _take_idle_cpus(self) -> None:
+        """Every LEND_CHECK_S, on a one-node cluster: run on this trial's own CPUs plus its share of the CPUs no
+        trial holds (`lent_threads`); back to its own when other trials take them again. Ray's accounting is
+        untouched, so a waiting trial still starts as soon as a CPU frees up."""
+        now = time.monotonic()
+        if not self.lends or now < self.next_lend_check:
+            return
+        self.next_lend_check = now + LEND_CHECK_S
+        threads = self.own_threads
+        if sum(1 for node in ray.nodes() if node.get("Alive")) == 1:
+            threads = lent_threads(self.own_threads, ray.cluster_resources().get("CPU", 0.0),
+                                   ray.available_resources().get("CPU", 0.0), self.cpus_per_trial)
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
 
     def _signal(self) -> dict[str, float]:
         """The running signal early stopping compares: the mean of the latest training rewards (0 before any)."""

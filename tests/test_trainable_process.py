@@ -1,4 +1,4 @@
-"""The trial actor's process: how it ends when Ray terminates it."""
+"""The trial actor's process: its threads, and how it ends when Ray terminates it."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+from orchestrator.resources import lent_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,3 +44,12 @@ def test_a_system_exit_python_cannot_raise_leaves_no_traceback_and_other_errors_
     assert hooked.returncode == 0 and "still running" in hooked.stdout
     assert "SystemExit" not in hooked.stderr
     assert "ValueError: a real bug in a callback" in hooked.stderr
+
+
+def test_idle_cpus_are_shared_evenly_among_the_running_trials_in_whole_threads():
+    assert lent_threads(1, total_cpus=2, free_cpus=0, cpus_per_trial=1) == 1  # both slots busy: nothing to lend
+    assert lent_threads(1, total_cpus=2, free_cpus=1, cpus_per_trial=1) == 2  # the last trial takes the idle core
+    assert lent_threads(1, total_cpus=16, free_cpus=12, cpus_per_trial=1) == 4  # 4 running share 12: 3 more each
+    assert lent_threads(1, total_cpus=16, free_cpus=10, cpus_per_trial=1) == 2  # 6 running: 10 // 6 = 1 more each
+    assert lent_threads(2, total_cpus=8, free_cpus=4, cpus_per_trial=2) == 4  # 2 running trials of 2 CPUs: 2 more each
+    assert lent_threads(1, total_cpus=2, free_cpus=0.5, cpus_per_trial=0.5) == 1  # 3 half-CPU trials: half a core is no thread
