@@ -1,4 +1,5 @@
-"""Will one trial fit on the cluster? Checked before any trial starts.
+"""Trial resources: will one trial fit on the cluster (checked before any trial starts), and how many threads a
+running CPU trial may take when cores are idle (`lent_threads`).
 
 Ray Tune queues a trial whose resource request no node can satisfy and waits for the cluster to grow, which
 on a fixed cluster (a laptop, a static RayCluster) means forever, with Ray's autoscaler warnings as the only
