@@ -37,10 +37,11 @@ class ResourcesConfig(Section):
     imports per trial. Tune hands a pending trial the first warm actor that frees up, cancelling the actor still
     starting for it, so trials shorter than an actor's start can all run on one node; turn off to give every
     trial its own new actor (trials then spread over nodes as their resources allow)."""
-    lend_idle_cpus: bool = True
-    """CPU trials on a one-node cluster take the CPUs no trial holds as extra torch threads (checked every few
-    seconds), so the last trials of a sweep do not leave cores idle; off, or with `num_threads` set, a trial
-    runs on its own CPUs only."""
+    lend_idle_cpus: bool = False
+    """On: in a sweep's tail, when fewer trials are left than slots, CPU trials on a one-node cluster take the
+    idle slots' CPUs as extra torch threads (rechecked every 5 s), so no core idles until the last trial ends.
+    Off by default: a trial's thread count then depends on when the others finish, and a different count can
+    change float reductions, so a rerun is no longer bit-identical. Never with `num_threads` set."""
 
     @model_validator(mode="after")
     def _whole_above_one(self) -> "ResourcesConfig":

@@ -126,6 +126,7 @@ def _tuner(cfg: SweepConfig, sweep_dir: Path, specs: list[TrialSpec], experiment
         "trials_dir": str(sweep_dir / TRIALS_DIR),
         "signal_window": (cfg.early_stop or EarlyStopConfig()).smoothing_steps,
         "lend_idle_cpus": cfg.resources.lend_idle_cpus,
+        "max_concurrent_trials": cfg.resources.max_concurrent_trials,
     }
     return tune.Tuner(
         _trainable(cfg),

@@ -43,13 +43,19 @@ def check_trial_fits(resources: ResourcesConfig, nodes: Iterable[dict[str, Any]]
         )
 
 
-def lent_threads(own_cpus: int, total_cpus: float, free_cpus: float, cpus_per_trial: float) -> int:
-    """Torch threads for a running CPU trial on a one-node cluster whose CPUs are not all held by trials: the
-    sweep's tail, when fewer trials are left than slots and a core would otherwise idle until the last one ends.
-    The free CPUs are shared evenly among the running trials ((total - free) / cpus_per_trial of them), in whole
-    threads; a trial never gets fewer than its own CPUs."""
+def lent_threads(own_cpus: int, total_cpus: float, free_cpus: float, cpus_per_trial: float,
+                 max_concurrent_trials: int | None = None) -> int:
+    """Torch threads for a running CPU trial on a one-node cluster in a sweep's tail, when fewer trials are left
+    than slots and a core would otherwise idle until the last one ends. Only the CPUs of the sweep's own empty
+    slots are lent (`max_concurrent_trials` caps the slots, so a cap left to keep cores free keeps them free),
+    shared evenly among the running trials ((total - free) / cpus_per_trial of them), in whole threads; a trial
+    never gets fewer than its own CPUs."""
     running = max(1, round((total_cpus - free_cpus) / cpus_per_trial))
-    return own_cpus + int(max(0.0, free_cpus) // running)
+    slots = int(total_cpus // cpus_per_trial)
+    if max_concurrent_trials is not None:
+        slots = min(slots, max_concurrent_trials)
+    lendable = min(max(0.0, free_cpus), max(0, slots - running) * cpus_per_trial)
+    return own_cpus + int(lendable // running)
 
 
 def check_cluster_fits(resources: ResourcesConfig) -> None:

@@ -30,6 +30,8 @@ from orchestrator.results import spec_from_config
 from workers.config import TrialConfig
 from workers.runner import TrialRunner
 
+log = logging.getLogger(__name__)
+
 
 def _drop_unraisable_system_exit(unraisable: Any, _default: Any = sys.unraisablehook) -> None:
     """Ray's SIGTERM handler raises SystemExit. When the signal lands while Python runs a GC callback (often: a
@@ -48,7 +50,7 @@ LEND_CHECK_S = 5.0
 
 class LayerTrainable(tune.Trainable):
     """config = {"trial": {"spec": TrialSpec dict, "trial_config": TrialConfig dict, "label": str | None},
-    "trials_dir": str, "signal_window": int, "lend_idle_cpus": bool}."""
+    "trials_dir": str, "signal_window": int, "lend_idle_cpus": bool, "max_concurrent_trials": int | None}."""
 
     def setup(self, config: dict[str, Any]) -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -78,8 +80,9 @@ class LayerTrainable(tune.Trainable):
         self.cpus_per_trial = float(required.get("CPU", 1.0))
         self.own_threads = int(max(1, self.cpus_per_trial))
         self.runner = TrialRunner(cfg, spec, Path(config["trials_dir"]) / spec.name, num_threads=self.own_threads)
-        self.lends = bool(config.get("lend_idle_cpus")) and cfg.num_threads is None and not required.get("GPU")
+        self.lends = bool(config.get("lend_idle_cpus", False)) and cfg.num_threads is None and not required.get("GPU")
         """Whether this trial takes idle CPUs as extra threads (CPU trials whose thread count is not pinned)."""
+        self.max_concurrent_trials: int | None = config.get("max_concurrent_trials")
         self.next_lend_check = time.monotonic()
         self.node = ray.get_runtime_context().get_node_id()
         """The Ray node this attempt runs on; reported with every result (a retried trial may move)."""
@@ -108,9 +111,13 @@ class LayerTrainable(tune.Trainable):
             return
         self.next_lend_check = now + LEND_CHECK_S
         threads = self.own_threads
-        if sum(1 for node in ray.nodes() if node.get("Alive")) == 1:
-            threads = lent_threads(self.own_threads, ray.cluster_resources().get("CPU", 0.0),
-                                   ray.available_resources().get("CPU", 0.0), self.cpus_per_trial)
+        try:
+            if sum(1 for node in ray.nodes() if node.get("Alive")) == 1:
+                threads = lent_threads(self.own_threads, ray.cluster_resources().get("CPU", 0.0),
+                                       ray.available_resources().get("CPU", 0.0), self.cpus_per_trial,
+                                       self.max_concurrent_trials)
+        except Exception as error:  # noqa: BLE001 - a control-plane hiccup must not fail the trial: run on its own CPUs
+            log.warning("lend_idle_cpus: Ray's resource view failed (%s); running on this trial's own CPUs", error)
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)
 

@@ -53,3 +53,11 @@ def test_idle_cpus_are_shared_evenly_among_the_running_trials_in_whole_threads()
     assert lent_threads(1, total_cpus=16, free_cpus=10, cpus_per_trial=1) == 2  # 6 running: 10 // 6 = 1 more each
     assert lent_threads(2, total_cpus=8, free_cpus=4, cpus_per_trial=2) == 4  # 2 running trials of 2 CPUs: 2 more each
     assert lent_threads(1, total_cpus=2, free_cpus=0.5, cpus_per_trial=0.5) == 1  # 3 half-CPU trials: half a core is no thread
+
+
+def test_only_the_sweeps_own_empty_slots_are_lent_under_a_concurrency_cap():
+    # 16 CPUs, at most 2 trials at a time: the 14 CPUs the cap leaves free stay free while both slots run ...
+    assert lent_threads(1, total_cpus=16, free_cpus=14, cpus_per_trial=1, max_concurrent_trials=2) == 1
+    # ... and the last trial gets only the one slot its finished neighbour left
+    assert lent_threads(1, total_cpus=16, free_cpus=15, cpus_per_trial=1, max_concurrent_trials=2) == 2
+    assert lent_threads(1, total_cpus=16, free_cpus=15, cpus_per_trial=1) == 16  # no cap: every idle core
