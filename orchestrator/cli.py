@@ -65,13 +65,9 @@ def _verdict(table, min_finished_layer_share: float = 1.0) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from orchestrator.ray_session import start_ray
-
-    cfg = _load(args)
-    # Ray first: the config is known good before anything starts, and the driver module imports Tune
-    start_ray(args.address, not args.no_dashboard)
     from orchestrator.driver import run_sweep
 
+    cfg = _load(args)
     return _verdict(run_sweep(cfg, address=args.address, include_dashboard=not args.no_dashboard), cfg.min_finished_layer_share)
 
 

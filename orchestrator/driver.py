@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +22,6 @@ from orchestrator.callbacks import MlflowForwarder, ProgressPrinter
 from orchestrator.config import EarlyStopConfig, SweepConfig, parse_sweep_config
 from orchestrator.early_stop import layer_scheduler
 from orchestrator.plan import candidate_layers, plan_trials
-from orchestrator.ray_session import start_ray
 from orchestrator.probe import probe_choice, probe_text, run_probe, write_probe
 from orchestrator.resources import check_cluster_fits
 from orchestrator.report import choice_message, render_sweep
@@ -32,6 +32,29 @@ from orchestrator.tune_trainable import LayerTrainable
 from workers.spec import TrialSpec
 
 log = logging.getLogger(__name__)
+
+
+def start_ray(address: str | None, include_dashboard: bool = True) -> str | None:
+    """Connect to (or start) Ray; returns the dashboard URL when a dashboard is up.
+
+    Trial actors start cold (they import torch and transformers): Ray hands an actor only a worker started with
+    the actor's runtime env, never one that already ran a task, and Tune gives every trial actor its own env, so
+    neither the workers a local Ray prestarts nor warm-up tasks can become trial actors (measured in the raylet
+    log; preloading them only spent 6-15 CPU-seconds of a 2-core machine at start-up)."""
+    if ray.is_initialized():
+        return None
+    address = address or os.environ.get("RAY_ADDRESS")
+    # Save Tune's experiment state every second (default: >= 10 s), so a driver killed right after a trial
+    # finished does not make `layersweep resume` run that trial again.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # lets the local dashboard's /api answer without a token
+    if address:
+        context = ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
+    else:  # trials' own output (warnings, tracebacks) reaches this driver, hence `ray job logs`
+        context = ray.init(include_dashboard=include_dashboard, ignore_reinit_error=True, log_to_driver=True)
+    url = getattr(context, "dashboard_url", None)
+    return f"http://{url}" if url and not url.startswith("http") else url
 
 
 def _start_checked_ray(cfg: SweepConfig, address: str | None, include_dashboard: bool) -> str | None:
