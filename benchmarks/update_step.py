@@ -123,8 +123,9 @@ def plain_pytorch_step(model, layer: int, optimizer, params: list, batch, micro_
     for first in range(0, mask_NT.shape[0], micro_batch_size):
         rows = slice(first, first + micro_batch_size)
         with torch.no_grad():  # the frozen prefix: embeddings + layers < i, nothing kept for backward
-            hidden_NLH = decoder.embed_tokens(inputs.input_ids_NL[rows])
-            rope = decoder.rotary_emb(hidden_NLH, inputs.position_ids_NL[rows])
+            # every position but the last: the last completion token predicts nothing that is scored
+            hidden_NLH = decoder.embed_tokens(inputs.input_ids_NL[rows, :-1])
+            rope = decoder.rotary_emb(hidden_NLH, inputs.position_ids_NL[rows, :-1])
             for block in decoder.layers[:layer]:
                 hidden_NLH = block(hidden_NLH, position_embeddings=rope)
         for block in decoder.layers[layer:]:

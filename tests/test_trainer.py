@@ -49,6 +49,55 @@ def test_prefix_scoring_equals_full_forward_and_engine(tiny_model, tokenizer, la
     assert torch.allclose(full_logp[mask], batch.sample_logp_NT[mask], atol=1e-4)
 
 
+@pytest.mark.parametrize("layer", [1, 3])
+def test_prefix_recorded_during_generation_equals_the_prefix_pass(tiny_model, tokenizer, layer):
+    """HF generate's own hidden states entering layer k (prefill, then one position per fed-back token) stand in
+    for the prefix pass: same shape as the context the update scores, same log-probs, same gradient."""
+    layout = find_decoder_layout(tiny_model)
+    scorer = PolicyScorer(tiny_model, layout, layer)
+    assert scorer.reuses_generation_prefix
+    with scorer.recording_prefix() as recorded:
+        batch = _batch(tiny_model, tokenizer)
+    inputs = ScoringInputs.from_batch(batch)
+    hidden = recorded.hidden_for(inputs)
+    assert hidden is not None and tuple(hidden.shape[:2]) == (batch.num_rows, inputs.input_ids_NL.shape[1] - 1)
+    assert len(recorded.chunks) == batch.completion_ids_NT.shape[1]  # prefill + every sampled token but the last
+    computed = scorer.prefix(inputs)
+    reused = scorer.prefix(inputs, hidden)
+    assert reused.hidden_NLH is hidden
+    mask = batch.completion_mask_NT.bool()
+    rows_with_context = inputs.attention_mask_NL[:, :-1].bool()
+    assert torch.allclose(computed.hidden_NLH[rows_with_context], hidden[rows_with_context], atol=1e-5)
+    gradients = []
+    for state in (computed, reused):
+        tiny_model.zero_grad(set_to_none=True)
+        logp, _ = scorer.token_logp(inputs, state)
+        (logp * mask).sum().backward()
+        gradients.append(torch.cat([p.grad.flatten() for p in tiny_model.model.layers[layer].parameters()]))
+        assert torch.allclose(logp[mask], batch.sample_logp_NT[mask], atol=1e-4)
+    assert torch.allclose(gradients[0], gradients[1], atol=1e-4, rtol=1e-4)
+
+
+def test_recorded_prefix_that_does_not_line_up_is_refused(tiny_model, tokenizer):
+    """A recording from another batch shape (another engine generated, or several calls) is never used."""
+    scorer = PolicyScorer(tiny_model, find_decoder_layout(tiny_model), 2)
+    with scorer.recording_prefix() as recorded:
+        _batch(tiny_model, tokenizer, group_size=2)
+    assert recorded.chunks
+    assert recorded.hidden_for(ScoringInputs.from_batch(_batch(tiny_model, tokenizer))) is None
+    with scorer.recording_prefix() as nothing:
+        pass
+    assert nothing.hidden_for(ScoringInputs.from_batch(_batch(tiny_model, tokenizer))) is None
+
+
+def test_no_prefix_is_recorded_for_layer_zero_or_with_dropout(tiny_model, tokenizer):
+    layout = find_decoder_layout(tiny_model)
+    assert not PolicyScorer(tiny_model, layout, 0).reuses_generation_prefix  # nothing to skip
+    assert not PolicyScorer(tiny_model, layout, None).reuses_generation_prefix
+    tiny_model.config.attention_dropout = 0.1  # training-mode states would differ from generation's
+    assert not PolicyScorer(tiny_model, layout, 2).reuses_generation_prefix
+
+
 def test_no_gradient_reaches_below_the_trainable_layer(tiny_model, tokenizer):
     selection = select_trainable(tiny_model, TrialSpec("layers", (2,)))
     batch = _batch(tiny_model, tokenizer)

@@ -5,12 +5,18 @@ entering layer k depend on the tokens only. `PolicyScorer.prefix` computes them 
 grad, nothing stored for backward) by running the decoder until layer k's forward pre-hook fires; every
 later pass of that batch (reference log-probs, each PPO epoch) runs layers k..L-1 only, and the LM head only
 on completion positions. The backward therefore never reaches below layer k.
+
+Two more passes are skipped. The last completion token predicts nothing that is scored, so no pass runs on it.
+And when HF `generate` samples with the trainer's own module, it has already computed the hidden states
+entering layer k at every scored position: `PolicyScorer.recording_prefix` keeps them, and the update then
+runs no prefix at all.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -48,6 +54,12 @@ class ScoringInputs:
             completion_mask_NT=batch.completion_mask_NT,
         )
 
+    @property
+    def context_NL(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input ids, attention mask, position ids) of every position but the last: the last completion token
+        is scored, but predicts nothing that is, so no pass needs to run on it."""
+        return self.input_ids_NL[:, :-1], self.attention_mask_NL[:, :-1], self.position_ids_NL[:, :-1]
+
     def rows(self, rows: slice) -> "ScoringInputs":
         return ScoringInputs(
             input_ids_NL=self.input_ids_NL[rows],
@@ -71,6 +83,31 @@ class _PrefixDone(Exception):
     """Raised from the pre-hook to stop the forward once the frozen prefix has been computed."""
 
 
+@dataclass
+class RecordedPrefix:
+    """Hidden states entering the first trainable layer, as HF `generate` computed them: the prompt's in one
+    chunk (the prefill), then one position per sampled token but the last (which is never fed back)."""
+
+    chunks: list[torch.Tensor] = field(default_factory=list)
+
+    def hidden_for(self, inputs: ScoringInputs) -> torch.Tensor | None:
+        """(N, S + T - 1, H), the positions `inputs.context_NL` covers; None when what was recorded does not
+        line up with that (nothing was recorded, or another engine generated), and the prefix is then computed."""
+        if not self.chunks:
+            return None
+        hidden = torch.cat(self.chunks, dim=1)
+        expected = tuple(inputs.context_NL[0].shape)
+        return hidden if tuple(hidden.shape[:2]) == expected else None
+
+
+def has_active_dropout(model: PreTrainedModel) -> bool:
+    """Whether a forward in training mode differs from one in eval mode (generation runs in eval mode)."""
+    if any(isinstance(module, nn.Dropout) and module.p > 0 for module in model.modules()):
+        return True
+    settings = model.config.to_dict()
+    return any("dropout" in key and isinstance(value, (int, float)) and value > 0 for key, value in settings.items())
+
+
 class PolicyScorer:
     def __init__(self, model: PreTrainedModel, layout: DecoderLayout, first_trainable_layer: int | None, temperature: float = 1.0):
         self.model = model
@@ -90,10 +127,46 @@ class PolicyScorer:
         layer_types = getattr(self.model.config, "layer_types", None)
         return layer_types is None or len(set(layer_types[first:])) == 1
 
+    @property
+    def reuses_generation_prefix(self) -> bool:
+        """Whether hidden states recorded during generation can stand in for the prefix pass: there is a prefix
+        worth skipping (k > 0), layer 0 takes the same mask as layer k (the layer keyword arguments are taken
+        there, for the cost of the embedding lookup only), and no dropout makes training-mode states differ."""
+        if not self.uses_prefix or not self.first_trainable_layer:
+            return False
+        layer_types = getattr(self.model.config, "layer_types", None)
+        if layer_types is not None and layer_types[0] != layer_types[self.first_trainable_layer]:
+            return False
+        return not has_active_dropout(self.model)
+
+    @contextmanager
+    def recording_prefix(self) -> Iterator[RecordedPrefix]:
+        """While open, every forward of the trainer's module that reaches the first trainable layer appends the
+        hidden states entering it. Open it around one `generate` call of an engine that samples with this module."""
+        recorded = RecordedPrefix()
+
+        def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            recorded.chunks.append((args[0] if args else kwargs["hidden_states"]).detach())
+
+        handle = self.layers[self.first_trainable_layer].register_forward_pre_hook(record, with_kwargs=True)
+        try:
+            yield recorded
+        finally:
+            handle.remove()
+
     @torch.no_grad()
-    def prefix(self, inputs: ScoringInputs) -> PrefixState | None:
+    def prefix(self, inputs: ScoringInputs, recorded_hidden_NLH: torch.Tensor | None = None) -> PrefixState | None:
+        """The state entering the first trainable layer over `inputs.context_NL`: `recorded_hidden_NLH` (rows of
+        `RecordedPrefix.hidden_for`) when given, with only the layer arguments computed here, else a prefix pass."""
         if not self.uses_prefix:
             return None
+        if recorded_hidden_NLH is not None and self.reuses_generation_prefix:
+            arguments = self._state_entering(0, inputs)
+            return PrefixState(hidden_NLH=recorded_hidden_NLH, layer_kwargs=arguments.layer_kwargs)
+        return self._state_entering(self.first_trainable_layer, inputs)
+
+    def _state_entering(self, layer_index: int, inputs: ScoringInputs) -> PrefixState:
+        """Runs the decoder until `layer_index`'s forward pre-hook fires, and keeps what that layer received."""
         captured: dict[str, Any] = {}
 
         def capture(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -101,14 +174,10 @@ class PolicyScorer:
             captured["kwargs"] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
             raise _PrefixDone
 
-        handle = self.layers[self.first_trainable_layer].register_forward_pre_hook(capture, with_kwargs=True)
+        input_ids, attention_mask, position_ids = inputs.context_NL
+        handle = self.layers[layer_index].register_forward_pre_hook(capture, with_kwargs=True)
         try:
-            self.decoder(
-                input_ids=inputs.input_ids_NL,
-                attention_mask=inputs.attention_mask_NL,
-                position_ids=inputs.position_ids_NL,
-                use_cache=False,
-            )
+            self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
         except _PrefixDone:
             pass
         finally:
@@ -120,14 +189,15 @@ class PolicyScorer:
         start = inputs.prompt_length - 1
         width = inputs.completion_ids_NT.shape[1]
         if prefix is None:
+            input_ids, attention_mask, position_ids = inputs.context_NL
             output = self.model(
-                input_ids=inputs.input_ids_NL,
-                attention_mask=inputs.attention_mask_NL,
-                position_ids=inputs.position_ids_NL,
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
                 use_cache=False,
-                logits_to_keep=width + 1,
+                logits_to_keep=width,
             )
-            logits = output.logits[:, :-1]
+            logits = output.logits
         else:
             hidden = prefix.hidden_NLH
             for layer in self.layers[self.first_trainable_layer :]:

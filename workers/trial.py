@@ -21,7 +21,7 @@ from rollout.tasks.base import MultiTurnTask, Task, is_multi_turn
 from rollout.tasks.registry import build_task
 from workers.base_model import load_model_and_tokenizer, resolve_model_dir
 from workers.checkpoint import rng_state, set_rng_state, tensors_checksum
-from workers.collect import build_collector
+from workers.collect import Collected, build_collector
 from workers.config import TrialConfig
 from workers.policy import PolicyScorer
 from workers.reference import ReferenceWeights
@@ -61,6 +61,11 @@ class LayerTrial:
         if cfg.eval.num_prompts:
             eval_examples = eval_examples[: cfg.eval.num_prompts]
         self.collector = build_collector(self.task, self.engine, cfg, eval_examples, self.tokenizer.pad_token_id)
+        self.records_prefix = (self.scorer.reuses_generation_prefix and not is_multi_turn(self.task)
+                               and getattr(self.engine, "model", None) is self.model)
+        """Whether each step keeps the hidden states generation computed below the trainable layer, so the update
+        runs no prefix pass: single-turn rollouts (one generate call per batch) from an engine sampling with the
+        trainer's own module (HF `generate`; vLLM holds its own copy)."""
         self.initial_checksum = self.trainable_checksum()
         self.signal_steps = 0
         """Steps whose batch had a non-zero advantage: the update had something to learn from."""
@@ -80,7 +85,7 @@ class LayerTrial:
     def train_step(self) -> dict[str, Any]:
         cfg = self.cfg
         started = time.perf_counter()
-        collected = self.collector.collect(self.step, cfg.seed)
+        collected = self._collect()
         rollout_seconds = time.perf_counter() - started
         update_started = time.perf_counter()
         self.engine.sleep()  # frees the engine's GPU memory for the update when configured; update_weights wakes it
@@ -115,6 +120,14 @@ class LayerTrial:
             **stats,
             **sync,
         }
+
+    def _collect(self) -> Collected:
+        if not self.records_prefix:
+            return self.collector.collect(self.step, self.cfg.seed)
+        with self.scorer.recording_prefix() as recorded:
+            collected = self.collector.collect(self.step, self.cfg.seed)
+        collected.batch.prefix_hidden_NLH = recorded.hidden_for(collected.batch.inputs)
+        return collected
 
     # -- evaluation ------------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:

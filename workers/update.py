@@ -27,6 +27,9 @@ class UpdateBatch:
     adv_N: torch.Tensor
     sample_logp_NT: torch.Tensor
     """Engine-side log-probs of the sampled tokens (for the mismatch metric and truncated IS)."""
+    prefix_hidden_NLH: torch.Tensor | None = None
+    """Hidden states entering the first trainable layer, recorded while the batch was generated
+    (`PolicyScorer.recording_prefix`); None to compute them."""
 
 
 def row_slices(num_rows: int, micro_batch_size: int) -> list[slice]:
@@ -60,7 +63,8 @@ def policy_update(
     denominator = aggregation.denominator(mask_NT, max_new_tokens)
     slices = row_slices(mask_NT.shape[0], algorithm.micro_batch_size)
     micro = [batch.inputs.rows(rows) for rows in slices]
-    prefixes = [scorer.prefix(inputs) for inputs in micro]
+    recorded = batch.prefix_hidden_NLH
+    prefixes = [scorer.prefix(inputs, recorded[rows] if recorded is not None else None) for rows, inputs in zip(slices, micro)]
 
     with torch.no_grad():
         needs_old = algorithm.ppo_epochs > 1 or algorithm.truncated_is_cap is not None
