@@ -25,7 +25,8 @@ def test_update_skips_the_prefix_pass_and_takes_the_same_step(tiny_config_path):
         handle = trial.model.model.layers[0].register_forward_hook(lambda *_: completed.append(1))
         record = trial.train_step()
         handle.remove()
-        widths = trial.cfg.rollout.max_new_tokens  # generate ran at most this many forwards through layer 0
+        widths = trial.cfg.rollout.max_new_tokens + 1  # generate's forwards through layer 0: the shared prompt
+        # pass, then at most one per sampled token
         records[records_prefix] = (record, len(completed), widths)
         trial.close()
     (recorded, recorded_calls, widths), (computed, computed_calls, _) = records[True], records[False]

@@ -21,6 +21,23 @@ def _batch(model, tokenizer, group_size=4, seed=0):
     return HFEngine(model, tokenizer).generate(PROMPTS, SamplingSettings(group_size=group_size, max_new_tokens=5, seed=seed))
 
 
+def test_group_rows_share_one_prompt_pass_and_sample_what_a_full_forward_scores(tiny_model, tokenizer):
+    """The prompt runs once per group (its cache repeated for the group's rows), and the engine's log-probs of what
+    it sampled are those of a plain forward over prompt + completion; groups of one share nothing."""
+    from rollout.hf_engine import encode_prompts, shared_prompt_cache
+
+    ids, mask = encode_prompts(tokenizer, PROMPTS)
+    cache = shared_prompt_cache(tiny_model, ids, mask, 4)
+    assert cache.get_seq_length() == ids.shape[1] - 1 and cache.layers[0].keys.shape[0] == 4 * len(PROMPTS)
+    assert shared_prompt_cache(tiny_model, ids, mask, 1) is None
+    batch = _batch(tiny_model, tokenizer)
+    inputs = ScoringInputs.from_batch(batch)
+    with torch.no_grad():
+        logp, _ = PolicyScorer(tiny_model, find_decoder_layout(tiny_model), None).token_logp(inputs, None)
+    mask_NT = batch.completion_mask_NT.bool()
+    assert torch.allclose(logp[mask_NT], batch.sample_logp_NT[mask_NT], atol=1e-5)
+
+
 def test_rollout_batch_layout(tiny_model, tokenizer):
     batch = _batch(tiny_model, tokenizer)
     assert batch.completion_ids_NT.shape[0] == len(PROMPTS) * 4
@@ -59,9 +76,12 @@ def test_prefix_recorded_during_generation_equals_the_prefix_pass(tiny_model, to
     with scorer.recording_prefix() as recorded:
         batch = _batch(tiny_model, tokenizer)
     inputs = ScoringInputs.from_batch(batch)
-    hidden = recorded.hidden_for(inputs)
+    hidden = recorded.hidden_for(inputs, 4)
     assert hidden is not None and tuple(hidden.shape[:2]) == (batch.num_rows, inputs.input_ids_NL.shape[1] - 1)
-    assert len(recorded.chunks) == batch.completion_ids_NT.shape[1]  # prefill + every sampled token but the last
+    # the prompt but its last token once per group (shared cache), then the last prompt token and every sampled
+    # token but the last, for every row
+    assert [tuple(c.shape[:2]) for c in recorded.chunks] == [(len(PROMPTS), batch.prompt_ids_NS.shape[1] - 1)] + [
+        (batch.num_rows, 1)] * batch.completion_ids_NT.shape[1]
     computed = scorer.prefix(inputs)
     reused = scorer.prefix(inputs, hidden)
     assert reused.hidden_NLH is hidden
@@ -84,10 +104,14 @@ def test_recorded_prefix_that_does_not_line_up_is_refused(tiny_model, tokenizer)
     with scorer.recording_prefix() as recorded:
         _batch(tiny_model, tokenizer, group_size=2)
     assert recorded.chunks
-    assert recorded.hidden_for(ScoringInputs.from_batch(_batch(tiny_model, tokenizer))) is None
+    assert recorded.hidden_for(ScoringInputs.from_batch(_batch(tiny_model, tokenizer)), 4) is None
+    with scorer.recording_prefix() as twice:  # two generate calls: chunks of two batches
+        _batch(tiny_model, tokenizer)
+        batch = _batch(tiny_model, tokenizer)
+    assert twice.hidden_for(ScoringInputs.from_batch(batch), 4) is None
     with scorer.recording_prefix() as nothing:
         pass
-    assert nothing.hidden_for(ScoringInputs.from_batch(_batch(tiny_model, tokenizer))) is None
+    assert nothing.hidden_for(ScoringInputs.from_batch(batch), 4) is None
 
 
 def test_no_prefix_is_recorded_for_layer_zero_or_with_dropout(tiny_model, tokenizer):

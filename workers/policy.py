@@ -85,19 +85,27 @@ class _PrefixDone(Exception):
 
 @dataclass
 class RecordedPrefix:
-    """Hidden states entering the first trainable layer, as HF `generate` computed them: the prompt's in one
-    chunk (the prefill), then one position per sampled token but the last (which is never fed back)."""
+    """Hidden states entering the first trainable layer, as HF `generate` computed them, in the order it ran:
+    the prompt (once per group when the engine shares the prompt's cache across a group, see
+    `rollout.hf_engine.shared_prompt_cache`), then one position per token it fed back."""
 
     chunks: list[torch.Tensor] = field(default_factory=list)
 
-    def hidden_for(self, inputs: ScoringInputs) -> torch.Tensor | None:
-        """(N, S + T - 1, H), the positions `inputs.context_NL` covers; None when what was recorded does not
-        line up with that (nothing was recorded, or another engine generated), and the prefix is then computed."""
-        if not self.chunks:
+    def hidden_for(self, inputs: ScoringInputs, group_size: int) -> torch.Tensor | None:
+        """(N, S + T - 1, H), the positions `inputs.context_NL` covers, the first chunk repeated for each of its
+        group's `group_size` rows (consecutive) when it was run once per group; None when what was recorded does
+        not line up with that (nothing was recorded, another engine or several calls generated), and the prefix
+        is then computed."""
+        num_rows, length = inputs.context_NL[0].shape
+        if not self.chunks or any(chunk.shape[0] != num_rows for chunk in self.chunks[1:]):
             return None
-        hidden = torch.cat(self.chunks, dim=1)
-        expected = tuple(inputs.context_NL[0].shape)
-        return hidden if tuple(hidden.shape[:2]) == expected else None
+        first = self.chunks[0]
+        if first.shape[0] * group_size == num_rows and group_size > 1:
+            first = first.repeat_interleave(group_size, dim=0)
+        if first.shape[0] != num_rows:
+            return None
+        hidden = torch.cat([first, *self.chunks[1:]], dim=1)
+        return hidden if hidden.shape[1] == length else None
 
 
 def has_active_dropout(model: PreTrainedModel) -> bool:

@@ -126,7 +126,7 @@ class LayerTrial:
             return self.collector.collect(self.step, self.cfg.seed)
         with self.scorer.recording_prefix() as recorded:
             collected = self.collector.collect(self.step, self.cfg.seed)
-        collected.batch.prefix_hidden_NLH = recorded.hidden_for(collected.batch.inputs)
+        collected.batch.prefix_hidden_NLH = recorded.hidden_for(collected.batch.inputs, self.cfg.rollout.group_size)
         return collected
 
     # -- evaluation ------------------------------------------------------------------------------------
