@@ -180,7 +180,7 @@ def layersweep_sweep(args: argparse.Namespace, parallel: int, variant: dict | No
     """(wall seconds, {trial: result}) of `layersweep run` on the config, as a subprocess of this run; `variant`:
     further `--set` overrides (e.g. a probe-then-train or early-stopped sweep)."""
     from orchestrator.results import load_results, trial_dir
-    from workers.runner import METRICS_FILE
+    from workers.trial_files import METRICS_FILE
 
     with tempfile.TemporaryDirectory() as out:
         sets = {**config_overrides(args), **(variant or {}), "name": "vs-trl", "output_dir": out,

@@ -17,7 +17,7 @@ from orchestrator.report import progress_line
 from orchestrator.results import finished_status, results_frame, spec_from_config, trial_dir, trial_row
 from orchestrator.tracking import SweepTracker
 from workers.config import OptimConfig
-from workers.runner import METRICS_FILE, SCORE_FILE
+from workers.trial_files import METRICS_FILE, SCORE_FILE
 
 log = logging.getLogger(__name__)
 

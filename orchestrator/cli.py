@@ -154,7 +154,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from orchestrator.results import trial_dir
     from workers.base_model import resolve_model_dir
     from workers.export import export_trial
-    from workers.runner import TRAINED_FILE
+    from workers.trial_files import TRAINED_FILE
 
     sweep_dir, cfg, _ = load_sweep(Path(args.sweep_dir))
     out = Path(args.out)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import pandas as pd
 import ray
@@ -32,6 +34,8 @@ from orchestrator.tune_trainable import LayerTrainable
 from workers.spec import TrialSpec
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def start_ray(address: str | None, include_dashboard: bool = True) -> str | None:
@@ -108,17 +112,62 @@ def _probe_then_choose(cfg: SweepConfig, sweep_dir: Path, candidates: list[int],
     return choice
 
 
-def prepare(cfg: SweepConfig, emit: Callable[[str], None] = print) -> tuple[Path, list[TrialSpec], int]:
-    """Write the resolved config, build the embedded model once (trials then load it), check that the task's
-    data loads and is complete (a bad row fails here, not minutes into every trial), probe the candidate layers
-    when the sweep trains only the probe's top ones, plan the trials."""
+@dataclass(frozen=True)
+class CheckedInputs:
+    resolved: dict[str, str]
+    """Model dir, its revision and the task data's digest, as the plan records them."""
+    num_layers: int
+    candidates: list[int]
+
+
+def check_inputs(cfg: SweepConfig) -> CheckedInputs:
+    """Build the embedded model once (trials then load it) and check that the task's data loads and is complete
+    (a bad row fails here, not minutes into every trial). Needs no Ray, so `run_sweep` runs it while Ray starts."""
     from workers.base_model import check_task_loads, model_revision, resolve_model_dir
 
     model_dir = resolve_model_dir(cfg.trial_config())
     resolved = {"model_dir": str(model_dir), "model_revision": model_revision(model_dir),
                 "task_digest": check_task_loads(cfg.trial_config(), model_dir)}
     num_layers = model_num_layers(model_dir)
-    candidates = candidate_layers(cfg.layers, num_layers)
+    return CheckedInputs(resolved, num_layers, candidate_layers(cfg.layers, num_layers))
+
+
+def inputs_while_ray_starts(cfg: SweepConfig) -> CheckedInputs:
+    """What runs on the core that starting Ray leaves idle (measured: ray.init keeps ~1.4 of 2 cores busy for
+    ~4 s): the input checks (~3.4 s, mostly importing transformers), and importing MLflow's SQL store (~0.6 s),
+    which opening the parent run would otherwise wait for."""
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+
+    return check_inputs(cfg)
+
+
+def in_background(work: Callable[[], T]) -> Callable[[], T]:
+    """Start `work` on a daemon thread; the returned call waits for its result or re-raises its error. Daemon:
+    when the sweep fails first (Ray does not start, a trial does not fit), the process exits without waiting."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as error:  # handed to the waiting thread, which raises it
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, name="layersweep-background", daemon=True)
+    thread.start()
+
+    def result() -> T:
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
+
+    return result
+
+
+def prepare(cfg: SweepConfig, checked: CheckedInputs, emit: Callable[[str], None] = print) -> tuple[Path, list[TrialSpec], int]:
+    """Write the resolved config, probe the candidate layers when the sweep trains only the probe's top ones,
+    plan the trials."""
+    resolved, num_layers, candidates = checked.resolved, checked.num_layers, checked.candidates
     sweep_dir = cfg.sweep_dir.resolve()  # written only once the inputs are known good: a bad config run
     choice = _probe_then_choose(cfg, sweep_dir, candidates, emit) if cfg.probe else None
     specs = plan_trials(cfg, num_layers, choice["chosen"] if choice else candidates)
@@ -132,8 +181,9 @@ def prepare(cfg: SweepConfig, emit: Callable[[str], None] = print) -> tuple[Path
 
 def run_sweep(cfg: SweepConfig, address: str | None = None, emit: Callable[[str], None] = print, include_dashboard: bool = True) -> pd.DataFrame:
     started = time.time()
+    checked = in_background(lambda: inputs_while_ray_starts(cfg))
     dashboard = _start_checked_ray(cfg, address, include_dashboard)
-    sweep_dir, specs, num_layers = prepare(cfg, emit)
+    sweep_dir, specs, num_layers = prepare(cfg, checked(), emit)
     uri, tracker = _connect(cfg, sweep_dir, dashboard, emit)
     emit(f"sweep {cfg.name}: {len(specs)} trials on a {num_layers}-layer model; MLflow {uri}")
     results = _tuner(cfg, sweep_dir, specs, TUNE_DIR, uri, num_layers, emit).fit()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -20,7 +20,9 @@ from orchestrator.compare import profile, rank_correlations
 from orchestrator.config import ProbeConfig, SweepConfig
 from orchestrator.results import PROBE_INFO, PROBE_TABLE
 from workers.algorithms.probe_signals import SIGNALS
-from workers.probe import ProbeResult, probe_layers
+
+if TYPE_CHECKING:  # the trial stack is imported where a probe runs (a Ray task), not by the driver
+    from workers.probe import ProbeResult
 
 CORRELATION_COLUMNS = ["signal", "n_layers", "spearman_rho", "spearman_p", "probe_top1", "measured_top1", "measured_basis"]
 
@@ -41,6 +43,8 @@ def top_layers(table: pd.DataFrame, signal: str, top_m: int) -> list[int]:
 
 def run_probe(cfg: SweepConfig, layers: list[int], batches: int, num_threads: int | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Probe `layers` with the sweep's first seed: (table, info)."""
+    from workers.probe import probe_layers
+
     result = probe_layers(cfg.trial_config(cfg.seed_list[0]), layers, batches, num_threads)
     return probe_table(result), result.info
 

@@ -28,7 +28,6 @@ from orchestrator.early_stop import SIGNAL
 from orchestrator.resources import lent_threads
 from orchestrator.results import spec_from_config
 from workers.config import TrialConfig
-from workers.runner import TrialRunner
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +78,8 @@ class LayerTrainable(tune.Trainable):
         required = self.trial_resources.required_resources if self.trial_resources else {}
         self.cpus_per_trial = float(required.get("CPU", 1.0))
         self.own_threads = int(max(1, self.cpus_per_trial))
+        from workers.runner import TrialRunner  # here, not at the top: the driver imports this module too
+
         self.runner = TrialRunner(cfg, spec, Path(config["trials_dir"]) / spec.name, num_threads=self.own_threads)
         self.lends = bool(config.get("lend_idle_cpus", False)) and cfg.num_threads is None and not required.get("GPU")
         """Whether this trial takes idle CPUs as extra threads (CPU trials whose thread count is not pinned)."""

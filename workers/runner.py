@@ -21,14 +21,10 @@ from workers.config import TrialConfig
 from workers.metrics_log import MetricsLog
 from workers.spec import TrialSpec
 from workers.trial import LayerTrial
+from workers.trial_files import CHECKPOINT_DIR, METRICS_FILE, SCORE_FILE, TRAINED_FILE
 
 log = logging.getLogger(__name__)
 
-SCORE_FILE = "score.json"
-METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_DIR = "checkpoint"
-TRAINED_FILE = "trained.safetensors"
-"""The trained tensors (only those that trained) of a finished training trial: what `layersweep export` reads."""
 
 
 class TrialRunner:
