@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -95,16 +95,38 @@ def _trainable(cfg: SweepConfig) -> Any:
     return tune.with_resources(LayerTrainable, resources)
 
 
-def _probe_then_choose(cfg: SweepConfig, sweep_dir: Path, candidates: list[int], emit: Callable[[str], None]) -> dict[str, Any]:
-    """Run the probe as one Ray task with a trial's resources (on a cluster it needs what a trial needs, e.g. a
-    GPU), write its table into the sweep directory and choose the layers that get trials."""
+ProbeOutcome = tuple[pd.DataFrame, dict[str, Any]]
+"""The probe's (table, info), as `orchestrator.probe.run_probe` returns them."""
+
+
+def probe_threads(cfg: SweepConfig) -> int:
+    return int(max(1, cfg.resources.cpus_per_trial))
+
+
+def probe_runs_in_driver(cfg: SweepConfig, address: str | None) -> bool:
+    """Whether the probe runs in this process, while Ray starts, rather than as a Ray task: only where a task would
+    run it on this machine's CPUs anyway (this sweep starts its own local Ray, trials use no GPU). A Ray task's
+    worker starts cold and imports the trial stack (~6 s measured on the default sweep, for ~3 s of probing)."""
+    starts_own_ray = not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
+    return cfg.probe is not None and starts_own_ray and not cfg.resources.gpus_per_trial
+
+
+def _probe_then_choose(cfg: SweepConfig, sweep_dir: Path, candidates: list[int], emit: Callable[[str], None],
+                       outcome: ProbeOutcome | None = None) -> dict[str, Any]:
+    """Run the probe (unless `outcome` holds its result already) as one Ray task with a trial's resources (on a
+    cluster it needs what a trial needs, e.g. a GPU), write its table into the sweep directory and choose the
+    layers that get trials."""
     assert cfg.probe is not None
     resources = cfg.resources
-    probe_task = ray.remote(num_cpus=resources.cpus_per_trial, num_gpus=resources.gpus_per_trial, max_retries=0)(run_probe)
-    try:
-        table, info = ray.get(probe_task.remote(cfg, candidates, cfg.probe.batches, int(max(1, resources.cpus_per_trial))))
-    except ray.exceptions.RayTaskError as error:  # the probe's own one-line error, not the remote traceback
-        raise error.cause from None
+    where = "driver process"
+    if outcome is None:
+        probe_task = ray.remote(num_cpus=resources.cpus_per_trial, num_gpus=resources.gpus_per_trial, max_retries=0)(run_probe)
+        try:
+            outcome = ray.get(probe_task.remote(cfg, candidates, cfg.probe.batches, probe_threads(cfg)))
+        except ray.exceptions.RayTaskError as error:  # the probe's own one-line error, not the remote traceback
+            raise error.cause from None
+        where = "Ray task"
+    table, info = outcome[0], {**outcome[1], "ran_in": where}
     write_probe(sweep_dir, table, info)
     choice = probe_choice(cfg.probe, candidates, table)
     emit(probe_text(table, info))
@@ -118,6 +140,8 @@ class CheckedInputs:
     """Model dir, its revision and the task data's digest, as the plan records them."""
     num_layers: int
     candidates: list[int]
+    probe: ProbeOutcome | None = None
+    """The probe's result when it ran with the checks (`probe_runs_in_driver`)."""
 
 
 def check_inputs(cfg: SweepConfig) -> CheckedInputs:
@@ -132,13 +156,17 @@ def check_inputs(cfg: SweepConfig) -> CheckedInputs:
     return CheckedInputs(resolved, num_layers, candidate_layers(cfg.layers, num_layers))
 
 
-def inputs_while_ray_starts(cfg: SweepConfig) -> CheckedInputs:
+def inputs_while_ray_starts(cfg: SweepConfig, with_probe: bool) -> CheckedInputs:
     """What runs on the core that starting Ray leaves idle (measured: ray.init keeps ~1.4 of 2 cores busy for
-    ~4 s): the input checks (~3.4 s, mostly importing transformers), and importing MLflow's SQL store (~0.6 s),
-    which opening the parent run would otherwise wait for."""
+    ~4 s): the input checks (~3.4 s, mostly importing transformers), importing MLflow's SQL store (~0.6 s),
+    which opening the parent run would otherwise wait for, and the probe when `with_probe`."""
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
-    return check_inputs(cfg)
+    checked = check_inputs(cfg)
+    if not with_probe:
+        return checked
+    assert cfg.probe is not None
+    return replace(checked, probe=run_probe(cfg, checked.candidates, cfg.probe.batches, probe_threads(cfg)))
 
 
 def in_background(work: Callable[[], T]) -> Callable[[], T]:
@@ -169,7 +197,7 @@ def prepare(cfg: SweepConfig, checked: CheckedInputs, emit: Callable[[str], None
     plan the trials."""
     resolved, num_layers, candidates = checked.resolved, checked.num_layers, checked.candidates
     sweep_dir = cfg.sweep_dir.resolve()  # written only once the inputs are known good: a bad config run
-    choice = _probe_then_choose(cfg, sweep_dir, candidates, emit) if cfg.probe else None
+    choice = _probe_then_choose(cfg, sweep_dir, candidates, emit, checked.probe) if cfg.probe else None
     specs = plan_trials(cfg, num_layers, choice["chosen"] if choice else candidates)
     sweep_dir.mkdir(parents=True, exist_ok=True)  # over an earlier sweep's directory leaves it as it was
     (sweep_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
@@ -181,7 +209,7 @@ def prepare(cfg: SweepConfig, checked: CheckedInputs, emit: Callable[[str], None
 
 def run_sweep(cfg: SweepConfig, address: str | None = None, emit: Callable[[str], None] = print, include_dashboard: bool = True) -> pd.DataFrame:
     started = time.time()
-    checked = in_background(lambda: inputs_while_ray_starts(cfg))
+    checked = in_background(lambda: inputs_while_ray_starts(cfg, probe_runs_in_driver(cfg, address)))
     dashboard = _start_checked_ray(cfg, address, include_dashboard)
     sweep_dir, specs, num_layers = prepare(cfg, checked(), emit)
     uri, tracker = _connect(cfg, sweep_dir, dashboard, emit)

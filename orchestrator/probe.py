@@ -78,7 +78,8 @@ def correlations(table: pd.DataFrame, results: pd.DataFrame, against: str) -> pd
 
 def probe_text(table: pd.DataFrame, info: dict[str, Any], against: pd.DataFrame | None = None, sweep: str | None = None) -> str:
     lines = [f"probe: {len(table)} layers from {info['batches']} base-model batches of {info['rows_per_batch']} rows "
-             f"(reward mean {info['reward_mean']:.3f}) in {info['seconds']:.1f} s",
+             f"(reward mean {info['reward_mean']:.3f}) in {info['seconds']:.1f} s"
+             + (f", in the {info['ran_in']}" if "ran_in" in info else ""),
              f"{'layer':>5} " + " ".join(f"{name:>17}" for name in SIGNALS)]
     for row in table.sort_values("layer").itertuples():
         lines.append(f"{row.layer:>5} " + " ".join(f"{getattr(row, name):>11.4g} (#{getattr(row, 'rank_' + name):>2})" for name in SIGNALS))

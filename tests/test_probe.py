@@ -3,6 +3,7 @@ correlation with measured contributions, the CLI, and a probe-then-train sweep o
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -105,6 +106,31 @@ def test_top_layers_takes_the_largest_signal_lower_layer_first_on_ties():
 
 
 @pytest.mark.slow
+def test_a_sweep_that_starts_its_own_ray_probes_while_ray_starts(tmp_path):
+    """Locally on CPUs the probe runs in the driver process, beside Ray's start, and chooses as the Ray task would."""
+    from orchestrator.driver import probe_runs_in_driver, run_sweep
+
+    overrides = {"output_dir": str(tmp_path / "runs"), "model.cache_dir": str(tmp_path / "cache"), "budget.prompts_per_step": 8,
+                 "budget.steps": 1, "probe": {"top_m": 1, "batches": 2}}
+    cfg = load_sweep_config(TINY, overrides)
+    assert probe_runs_in_driver(cfg, None)
+    assert not probe_runs_in_driver(cfg, "ray://head:10001")  # a cluster's task gets a trial's resources
+    assert not probe_runs_in_driver(load_sweep_config(TINY, {**overrides, "resources.gpus_per_trial": 1}), None)
+    import ray
+
+    try:
+        table = run_sweep(cfg, emit=lambda line: None, include_dashboard=False)
+    finally:
+        ray.shutdown()
+    sweep_dir = tmp_path / "runs" / "tiny-test"
+    info = json.loads((sweep_dir / "probe.json").read_text())
+    assert info["ran_in"] == "driver process" and info["batches"] == 2
+    chosen = top_layers(pd.read_csv(sweep_dir / "probe.csv"), "lookahead", 1)
+    assert sorted(table.loc[table["kind"] == "layers", "layer"]) == chosen
+    assert set(table["status"]) == {"done"}
+
+
+@pytest.mark.slow
 def test_probe_then_train_sweep_and_probe_command(tmp_path, capsys):
     """A sweep with `probe: {top_m: 2}` probes the 3 layers on a Ray worker, trains only the probe's top 2, says so
     in its report; `layersweep probe --against` refuses a sweep with fewer than 3 measured layers."""
@@ -127,6 +153,7 @@ def test_probe_then_train_sweep_and_probe_command(tmp_path, capsys):
     assert sorted(table.loc[table["kind"] == "layers", "layer"]) == chosen
     assert set(table["status"]) == {"done"}
     assert f"the top 2 of 3 candidate layers by lookahead, {chosen}" in (sweep_dir / "ranking.md").read_text()
+    assert json.loads((sweep_dir / "probe.json").read_text())["ran_in"] == "Ray task"  # Ray was up before the sweep
 
     config = sweep_dir / "config.yaml"
     assert main(["probe", str(config), "--batches", "2", "--against", str(sweep_dir), "--out", str(tmp_path / "p")]) == 2
