@@ -105,8 +105,9 @@ def probe_threads(cfg: SweepConfig) -> int:
 
 def probe_runs_in_driver(cfg: SweepConfig, address: str | None) -> bool:
     """Whether the probe runs in this process, while Ray starts, rather than as a Ray task: only where a task would
-    run it on this machine's CPUs anyway (this sweep starts its own local Ray, trials use no GPU). A Ray task's
-    worker starts cold and imports the trial stack (~6 s measured on the default sweep, for ~3 s of probing)."""
+    run it on this machine's CPUs anyway (this sweep starts its own local Ray, trials use no GPU), and only when
+    it samples with HF `generate` (`probe_samples_with_hf`, decided once the model is known). A Ray task's worker
+    starts cold and imports the trial stack (~6 s measured on the default sweep, for ~3 s of probing)."""
     starts_own_ray = not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
     return cfg.probe is not None and starts_own_ray and not cfg.resources.gpus_per_trial
 
@@ -163,10 +164,19 @@ def inputs_while_ray_starts(cfg: SweepConfig, with_probe: bool) -> CheckedInputs
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
     checked = check_inputs(cfg)
-    if not with_probe:
+    if not with_probe or not probe_samples_with_hf(cfg, checked.resolved["model_dir"]):
         return checked
     assert cfg.probe is not None
     return replace(checked, probe=run_probe(cfg, checked.candidates, cfg.probe.batches, probe_threads(cfg)))
+
+
+def probe_samples_with_hf(cfg: SweepConfig, model_dir: str) -> bool:
+    """Whether the probe's rollouts would use HF `generate` on a CPU, as a CPU trial's would: the in-driver probe
+    is only for that engine (a vLLM engine would start inside the driver process and keep its memory there)."""
+    from rollout.factory import resolve_engine_name
+    from workers.base_model import count_parameters
+
+    return resolve_engine_name(cfg.rollout, count_parameters(model_dir), on_gpu=False) == "hf"
 
 
 def in_background(work: Callable[[], T]) -> Callable[[], T]:
@@ -209,7 +219,8 @@ def prepare(cfg: SweepConfig, checked: CheckedInputs, emit: Callable[[str], None
 
 def run_sweep(cfg: SweepConfig, address: str | None = None, emit: Callable[[str], None] = print, include_dashboard: bool = True) -> pd.DataFrame:
     started = time.time()
-    checked = in_background(lambda: inputs_while_ray_starts(cfg, probe_runs_in_driver(cfg, address)))
+    probe_here = probe_runs_in_driver(cfg, address)  # before Ray starts: it asks whether Ray is up already
+    checked = in_background(lambda: inputs_while_ray_starts(cfg, probe_here))
     dashboard = _start_checked_ray(cfg, address, include_dashboard)
     sweep_dir, specs, num_layers = prepare(cfg, checked(), emit)
     uri, tracker = _connect(cfg, sweep_dir, dashboard, emit)

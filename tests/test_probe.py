@@ -160,3 +160,27 @@ def test_probe_then_train_sweep_and_probe_command(tmp_path, capsys):
     assert "only 2 probed layers have a measured value" in capsys.readouterr().err
     assert main(["probe", str(config), "--batches", "1"]) == 2
     assert "--batches 1: at least 2 are needed" in capsys.readouterr().err
+
+
+def test_the_driver_probes_only_what_samples_with_hf(tmp_path):
+    """The in-driver probe is for HF `generate`: a model that `engine: auto` would sample with vLLM is probed in a
+    Ray task; the parameter count deciding it is the loaded model's, counted without loading weights."""
+    from orchestrator.driver import probe_samples_with_hf
+    from rollout.factory import VLLM_CPU_MIN_PARAMETERS, vllm_available
+    from workers.base_model import build_untrained_model, count_parameters
+    from transformers import Qwen2Config
+
+    from workers.config import EmbeddedModelConfig
+
+    small = build_untrained_model(EmbeddedModelConfig(num_layers=2, hidden_size=32, intermediate_size=64, num_heads=2,
+                                                      num_kv_heads=1), 320, 0, 1)
+    small.save_pretrained(tmp_path / "small")
+    assert count_parameters(tmp_path / "small") == sum(p.numel() for p in small.parameters())
+    large = Qwen2Config(vocab_size=32000, hidden_size=1024, intermediate_size=8192, num_hidden_layers=2,
+                        num_attention_heads=8, num_key_value_heads=8, tie_word_embeddings=True)
+    large.save_pretrained(tmp_path / "large")  # the config alone: nothing is loaded to count
+    assert count_parameters(tmp_path / "large") >= VLLM_CPU_MIN_PARAMETERS
+    auto = load_sweep_config(TINY, {"rollout.engine": "auto"})
+    assert probe_samples_with_hf(auto, str(tmp_path / "small"))
+    assert probe_samples_with_hf(auto, str(tmp_path / "large")) is not vllm_available()
+    assert probe_samples_with_hf(load_sweep_config(TINY, {"rollout.engine": "hf"}), str(tmp_path / "large"))

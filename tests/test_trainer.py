@@ -30,6 +30,9 @@ def test_group_rows_share_one_prompt_pass_and_sample_what_a_full_forward_scores(
     cache = shared_prompt_cache(tiny_model, ids, mask, 4)
     assert cache.get_seq_length() == ids.shape[1] - 1 and cache.layers[0].keys.shape[0] == 4 * len(PROMPTS)
     assert shared_prompt_cache(tiny_model, ids, mask, 1) is None
+    tiny_model.generation_config.prefill_chunk_size = 4  # chunked prefill would append the prompt a second time
+    assert shared_prompt_cache(tiny_model, ids, mask, 4) is None
+    tiny_model.generation_config.prefill_chunk_size = None
     batch = _batch(tiny_model, tokenizer)
     inputs = ScoringInputs.from_batch(batch)
     with torch.no_grad():

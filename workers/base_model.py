@@ -226,6 +226,17 @@ def model_revision(model_dir: Path | str) -> str:
     return getattr(AutoConfig.from_pretrained(str(model_dir)), "_commit_hash", None) or str(model_dir)
 
 
+def count_parameters(model_dir: Path | str) -> int:
+    """The model's parameter count (tied tensors once, as `model.parameters()` counts them), without loading or
+    allocating its weights: the model is built on the meta device."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(model_dir))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
 def load_model_and_tokenizer(path_or_id: str | Path, dtype: str = "float32") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     from transformers import AutoModelForCausalLM
 

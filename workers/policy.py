@@ -127,6 +127,7 @@ class PolicyScorer:
         self.lm_head = model.get_output_embeddings()
         self.first_trainable_layer = first_trainable_layer
         self.uses_prefix = first_trainable_layer is not None and self._suffix_is_uniform(first_trainable_layer)
+        self.reuses_generation_prefix = self._reuses_generation_prefix()
 
     def _suffix_is_uniform(self, first: int) -> bool:
         """Captured kwargs (attention mask) are reused for every suffix layer, so their types must agree."""
@@ -135,8 +136,7 @@ class PolicyScorer:
         layer_types = getattr(self.model.config, "layer_types", None)
         return layer_types is None or len(set(layer_types[first:])) == 1
 
-    @property
-    def reuses_generation_prefix(self) -> bool:
+    def _reuses_generation_prefix(self) -> bool:
         """Whether hidden states recorded during generation can stand in for the prefix pass: there is a prefix
         worth skipping (k > 0), layer 0 takes the same mask as layer k (the layer keyword arguments are taken
         there, for the cost of the embedding lookup only), and no dropout makes training-mode states differ."""
