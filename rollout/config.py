@@ -24,7 +24,7 @@ class VllmConfig(Section):
 class SamplingConfig(Section):
     engine: Literal["hf", "vllm", "auto"] = "auto"
     """Rollout engine: HF generate, vLLM, or `auto`: the faster one for the model (rollout.factory: vLLM on a GPU
-    and for models of >= 50 M parameters on a CPU, HF generate below that on a CPU or when vLLM is not installed)."""
+    and for models of >= 300 M parameters on a CPU, HF generate below that on a CPU or when vLLM is not installed)."""
     group_size: int = Field(8, ge=2)
     """G: completions per prompt; group-relative advantages need at least 2."""
     temperature: float = Field(1.0, gt=0)

@@ -176,7 +176,7 @@ def test_the_driver_probes_only_what_samples_with_hf(tmp_path):
                                                       num_kv_heads=1), 320, 0, 1)
     small.save_pretrained(tmp_path / "small")
     assert count_parameters(tmp_path / "small") == sum(p.numel() for p in small.parameters())
-    large = Qwen2Config(vocab_size=32000, hidden_size=1024, intermediate_size=8192, num_hidden_layers=2,
+    large = Qwen2Config(vocab_size=32000, hidden_size=1024, intermediate_size=8192, num_hidden_layers=12,
                         num_attention_heads=8, num_key_value_heads=8, tie_word_embeddings=True)
     large.save_pretrained(tmp_path / "large")  # the config alone: nothing is loaded to count
     assert count_parameters(tmp_path / "large") >= VLLM_CPU_MIN_PARAMETERS
