@@ -100,7 +100,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from orchestrator.driver import model_num_layers
+    from orchestrator.startup import model_num_layers
     from orchestrator.plan import candidate_layers
     from orchestrator.config import ProbeConfig
     from orchestrator.probe import correlations, probe_text, run_probe, write_probe

@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from orchestrator.config import parse_sweep_config
-from orchestrator.driver import in_background
+from orchestrator.startup import in_background
 from orchestrator.plan import plan_trials
 
 

@@ -108,7 +108,8 @@ def test_top_layers_takes_the_largest_signal_lower_layer_first_on_ties():
 @pytest.mark.slow
 def test_a_sweep_that_starts_its_own_ray_probes_while_ray_starts(tmp_path):
     """Locally on CPUs the probe runs in the driver process, beside Ray's start, and chooses as the Ray task would."""
-    from orchestrator.driver import probe_runs_in_driver, run_sweep
+    from orchestrator.driver import run_sweep
+    from orchestrator.startup import probe_runs_in_driver
 
     overrides = {"output_dir": str(tmp_path / "runs"), "model.cache_dir": str(tmp_path / "cache"), "budget.prompts_per_step": 8,
                  "budget.steps": 1, "probe": {"top_m": 1, "batches": 2}}
@@ -165,7 +166,7 @@ def test_probe_then_train_sweep_and_probe_command(tmp_path, capsys):
 def test_the_driver_probes_only_what_samples_with_hf(tmp_path):
     """The in-driver probe is for HF `generate`: a model that `engine: auto` would sample with vLLM is probed in a
     Ray task; the parameter count deciding it is the loaded model's, counted without loading weights."""
-    from orchestrator.driver import probe_samples_with_hf
+    from orchestrator.startup import probe_samples_with_hf
     from rollout.factory import VLLM_CPU_MIN_PARAMETERS, vllm_available
     from workers.base_model import build_untrained_model, count_parameters
     from transformers import Qwen2Config
