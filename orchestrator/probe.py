@@ -79,6 +79,7 @@ def correlations(table: pd.DataFrame, results: pd.DataFrame, against: str) -> pd
 def probe_text(table: pd.DataFrame, info: dict[str, Any], against: pd.DataFrame | None = None, sweep: str | None = None) -> str:
     lines = [f"probe: {len(table)} layers from {info['batches']} base-model batches of {info['rows_per_batch']} rows "
              f"(reward mean {info['reward_mean']:.3f}) in {info['seconds']:.1f} s"
+             + (f" on {info['threads']} thread{'s' if info['threads'] > 1 else ''}" if "threads" in info else "")
              + (f", in the {info['ran_in']}" if "ran_in" in info else ""),
              f"{'layer':>5} " + " ".join(f"{name:>17}" for name in SIGNALS)]
     for row in table.sort_values("layer").itertuples():

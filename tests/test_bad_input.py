@@ -207,3 +207,14 @@ def test_a_sweep_whose_training_trials_did_not_learn_ranks_nothing_and_exits_3(e
     ranking = (sweep_dir / "ranking.md").read_text()
     assert "not ranked, no learning signal (all-zero advantages or unchanged weights): full-s0, layer00-s0" in ranking
     assert "| 1 | 0 |" not in ranking  # layer 0 has no rank
+
+
+def test_the_command_exits_with_its_status_and_all_its_output_after_skipping_teardown(env):
+    """`console_main` ends the process from its last exit handler: the status and every line must survive."""
+    helped = subprocess.run([sys.executable, "-m", "orchestrator.cli", "--help"], capture_output=True, text=True, env=env,
+                            cwd=REPO, timeout=120)
+    assert helped.returncode == 0 and "apply-delta" in helped.stdout and helped.stdout.endswith("\n")
+    code, lines = cli(env, "no-such-command")
+    assert code == 2 and "invalid choice: 'no-such-command'" in lines[-1]
+    code, lines = cli(env, "report", str(REPO / "no-such-sweep"))
+    assert code == 2 and "no-such-sweep" in one_error(lines)

@@ -4,6 +4,7 @@ correlation with measured contributions, the CLI, and a probe-then-train sweep o
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -126,6 +127,7 @@ def test_a_sweep_that_starts_its_own_ray_probes_while_ray_starts(tmp_path):
     sweep_dir = tmp_path / "runs" / "tiny-test"
     info = json.loads((sweep_dir / "probe.json").read_text())
     assert info["ran_in"] == "driver process" and info["batches"] == 2
+    assert info["threads"] == len(os.sched_getaffinity(0))  # every CPU: no trial runs before the probe ends
     chosen = top_layers(pd.read_csv(sweep_dir / "probe.csv"), "lookahead", 1)
     assert sorted(table.loc[table["kind"] == "layers", "layer"]) == chosen
     assert set(table["status"]) == {"done"}
@@ -154,7 +156,8 @@ def test_probe_then_train_sweep_and_probe_command(tmp_path, capsys):
     assert sorted(table.loc[table["kind"] == "layers", "layer"]) == chosen
     assert set(table["status"]) == {"done"}
     assert f"the top 2 of 3 candidate layers by lookahead, {chosen}" in (sweep_dir / "ranking.md").read_text()
-    assert json.loads((sweep_dir / "probe.json").read_text())["ran_in"] == "Ray task"  # Ray was up before the sweep
+    info = json.loads((sweep_dir / "probe.json").read_text())
+    assert info["ran_in"] == "Ray task" and info["threads"] == 1  # Ray was up before the sweep: a trial's CPUs
 
     config = sweep_dir / "config.yaml"
     assert main(["probe", str(config), "--batches", "2", "--against", str(sweep_dir), "--out", str(tmp_path / "p")]) == 2

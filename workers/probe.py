@@ -225,5 +225,5 @@ def probe_layers(cfg: TrialConfig, layers: list[int], batches: int, num_threads:
     rollout_seconds = time.perf_counter() - started
     signals = measure_signals(model, cfg, rollouts, layers)
     info = {"batches": batches, "rows_per_batch": int(rollouts.gradient[0].adv_N.shape[0]), "reward_mean": rollouts.reward_mean,
-            "rollout_seconds": rollout_seconds, "seconds": time.perf_counter() - started}
+            "rollout_seconds": rollout_seconds, "seconds": time.perf_counter() - started, "threads": torch.get_num_threads()}
     return ProbeResult(list(layers), signals, info)
