@@ -40,15 +40,20 @@ def trial_params(config: dict[str, Any]) -> dict[str, str]:
 
 
 class MlflowForwarder(tune.Callback):
-    def __init__(self, tracking_uri: str, experiment: str, sweep_dir: str) -> None:
+    """Trials' results into their nested MLflow runs. Step metrics are written in batches (`flush_every_s`,
+    `SweepTracker.log_step`), and through each trial checkpoint before Tune records it."""
+
+    def __init__(self, tracking_uri: str, experiment: str, sweep_dir: str, flush_every_s: float = 0.0) -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.sweep_dir = sweep_dir
+        self.flush_every_s = flush_every_s
         self._tracker: SweepTracker | None = None
         self._finished: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"tracking_uri": self.tracking_uri, "experiment": self.experiment, "sweep_dir": self.sweep_dir}
+        return {"tracking_uri": self.tracking_uri, "experiment": self.experiment, "sweep_dir": self.sweep_dir,
+                "flush_every_s": self.flush_every_s}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)
@@ -56,8 +61,16 @@ class MlflowForwarder(tune.Callback):
     @property
     def tracker(self) -> SweepTracker:
         if self._tracker is None:
-            self._tracker = SweepTracker(self.tracking_uri, self.experiment, Path(self.sweep_dir))
+            self._tracker = SweepTracker(self.tracking_uri, self.experiment, Path(self.sweep_dir), self.flush_every_s)
         return self._tracker
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        """Before Tune records the checkpoint (it saves its state after its callbacks): a resumed trial restarts
+        from it and relogs only the steps after it, so every step up to it must be in MLflow."""
+        self.tracker.flush(_name(trial))
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.tracker.flush()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.tracker.trial_run(_name(trial), _spec(trial), trial_params(trial.config))

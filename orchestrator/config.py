@@ -84,6 +84,9 @@ class TrackingConfig(Section):
     tracking_uri: str | None = None
     """MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/<name>/mlflow.db."""
     experiment: str = "layersweep"
+    flush_every_s: float = Field(5.0, ge=0.0)
+    """Write each trial's step metrics to MLflow at most this often (0: every step): a write per step took ~6% of
+    a core from the trials on a 2-core machine. Every step up to a trial's checkpoint and its end is written."""
 
 
 class SweepConfig(TrialConfig):

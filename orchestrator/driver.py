@@ -183,7 +183,7 @@ def _run_config(cfg: SweepConfig, sweep_dir: Path, experiment: str, uri: str, to
         storage_path=str(sweep_dir),
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
         checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=cfg.checkpoint_every, num_to_keep=2),
-        callbacks=[MlflowForwarder(uri, cfg.tracking.experiment, str(sweep_dir)),
+        callbacks=[MlflowForwarder(uri, cfg.tracking.experiment, str(sweep_dir), cfg.tracking.flush_every_s),
                    ProgressPrinter(cfg.name, total, num_layers, cfg.budget.steps, cfg.progress_every_s, emit)],
         verbose=0,
     )

@@ -16,7 +16,7 @@ import subprocess
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -93,7 +93,10 @@ def stored_run_ids(sweep_dir: Path) -> dict[str, str]:
 class SweepTracker:
     """Owns the sweep's MLflow runs. Safe to construct again on resume: it reuses the stored run ids."""
 
-    def __init__(self, tracking_uri: str, experiment: str, sweep_dir: Path) -> None:
+    def __init__(self, tracking_uri: str, experiment: str, sweep_dir: Path, flush_every_s: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """`flush_every_s`: step metrics are kept here and written at most this often per run (0: every step);
+        see `log_step`."""
         create_from_template(tracking_uri)  # a new sqlite store: a copy, not 0.9 s of table creation
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri
@@ -103,6 +106,10 @@ class SweepTracker:
         self._ids_path = sweep_dir / RUN_IDS_FILE
         self._ids: dict[str, str] = stored_run_ids(sweep_dir)
         self._last_step: dict[str, int] = {}
+        self.flush_every_s, self._clock = flush_every_s, clock
+        self._unwritten: dict[str, list[Metric]] = {}
+        """Step metrics logged but not yet written, per run id."""
+        self._written_at: dict[str, float] = {}
 
     def _save_ids(self) -> None:
         self._ids_path.write_text(json.dumps(self._ids, indent=2))
@@ -154,7 +161,14 @@ class SweepTracker:
         return self._last_step[run_id]
 
     def log_step(self, trial_name: str, spec: dict[str, Any], record: dict[str, Any]) -> bool:
-        """Log one step's numeric metrics unless this run already has that step; True if logged."""
+        """Log one step's numeric metrics unless this run already has that step; True if logged.
+
+        Written at once when `flush_every_s` is 0, else kept and written with the run's next steps once that
+        many seconds passed since its last write, or by `flush` (at each trial checkpoint, at the trial's end, at
+        the sweep's end). Why: one sqlite write per step of every trial cost the driver ~6% of a core on the
+        default sweep (5 ms of MLflow per call, measured), taken from the trials sharing its CPUs; 20 steps in
+        one call cost 1 ms each. A driver killed between writes loses no step from MLflow for good: the trials
+        resume from their last checkpoint, which `flush` wrote through, and redo (and log) the steps after it."""
         run_id = self.trial_run(trial_name, spec)
         step = int(record.get("step", 0))
         if step <= self._logged_through(run_id):
@@ -166,15 +180,33 @@ class SweepTracker:
             if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step" and key not in TUNE_BOOKKEEPING
             and math.isfinite(float(value))
         ]
-        self.client.log_batch(run_id, metrics=metrics)
+        self._unwritten.setdefault(run_id, []).extend(metrics)
         self._last_step[run_id] = step
+        clock = self._clock()
+        if clock - self._written_at.setdefault(run_id, clock) >= self.flush_every_s:
+            self._write(run_id)
         return True
+
+    def _write(self, run_id: str) -> None:
+        metrics = self._unwritten.pop(run_id, [])
+        for start in range(0, len(metrics), 1000):  # MLflow's limit on metrics per batch
+            self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
+        self._written_at[run_id] = self._clock()
+
+    def flush(self, trial_name: str | None = None) -> None:
+        """Write the kept step metrics of one trial (by name), or of every trial."""
+        if trial_name is None:
+            for run_id in list(self._unwritten):
+                self._write(run_id)
+        elif trial_name in self._ids:
+            self._write(self._ids[trial_name])
 
     def finish_trial(self, trial_name: str, spec: dict[str, Any], final: dict[str, Any], status: str = "FINISHED",
                      files: list[Path] | None = None) -> None:
         """Final metrics, the trainable checksum, and `files` (the trial's metrics.jsonl / score.json when the
         driver can see them) as artifacts; then the run's terminal status."""
         run_id = self.trial_run(trial_name, spec)
+        self._write(run_id)
         for path in files or []:
             if path.exists():
                 self.client.log_artifact(run_id, str(path))

@@ -1,0 +1,61 @@
+"""Step metrics reach MLflow in batches: kept until `flush_every_s` passes, written by `flush` and at a trial's end."""
+
+from mlflow.tracking import MlflowClient
+
+from orchestrator.tracking import SweepTracker
+
+SPEC = {"kind": "layers", "layers": [1], "seed": 0}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _steps(uri: str, run_id: str) -> list[int]:
+    return sorted(m.step for m in MlflowClient(tracking_uri=uri).get_metric_history(run_id, "reward_mean"))
+
+
+def test_steps_are_kept_until_the_interval_passes_then_written_together(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAYERSWEEP_CACHE", str(tmp_path / "cache"))
+    uri, clock = f"sqlite:///{tmp_path / 'mlflow.db'}", Clock()
+    tracker = SweepTracker(uri, "layersweep", tmp_path, flush_every_s=5.0, clock=clock)
+    tracker.start_sweep("s", {"seed": 0})
+    run_id = tracker.trial_run("layer01-s0", SPEC)
+    for step in (1, 2, 3):
+        clock.now += 1.0
+        assert tracker.log_step("layer01-s0", SPEC, {"step": step, "reward_mean": 0.1 * step, "loss": float("nan")})
+    assert _steps(uri, run_id) == []  # 2 s since the run's first step: kept
+    clock.now += 3.0
+    assert tracker.log_step("layer01-s0", SPEC, {"step": 4, "reward_mean": 0.4})
+    assert _steps(uri, run_id) == [1, 2, 3, 4]  # 5 s: written, all four in one call
+    assert not tracker.log_step("layer01-s0", SPEC, {"step": 4, "reward_mean": 0.4})  # a step it has: skipped
+    tracker.log_step("layer01-s0", SPEC, {"step": 5, "reward_mean": 0.5})
+    tracker.flush("layer01-s0")  # a checkpoint
+    assert _steps(uri, run_id) == [1, 2, 3, 4, 5]
+    tracker.log_step("layer01-s0", SPEC, {"step": 6, "reward_mean": 0.6})
+    tracker.finish_trial("layer01-s0", SPEC, {"score": 0.7, "steps": 6})
+    client = MlflowClient(tracking_uri=uri)
+    assert _steps(uri, run_id) == [1, 2, 3, 4, 5, 6]
+    assert [m.value for m in client.get_metric_history(run_id, "reward_mean")][-1] == 0.6
+    assert client.get_metric_history(run_id, "loss") == []  # non-finite values are never logged
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_new_tracker_on_the_same_store_skips_the_steps_written_and_zero_interval_writes_each_step(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAYERSWEEP_CACHE", str(tmp_path / "cache"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = SweepTracker(uri, "layersweep", tmp_path, flush_every_s=60.0, clock=Clock())
+    first.start_sweep("s", {"seed": 0})
+    run_id = first.trial_run("layer01-s0", SPEC)
+    for step in (1, 2, 3):
+        first.log_step("layer01-s0", SPEC, {"step": step, "reward_mean": 0.1})
+    first.flush()
+    first.log_step("layer01-s0", SPEC, {"step": 4, "reward_mean": 0.1})  # never written: the driver "dies" here
+    resumed = SweepTracker(uri, "layersweep", tmp_path)  # flush_every_s=0: every step at once
+    assert not resumed.log_step("layer01-s0", SPEC, {"step": 3, "reward_mean": 0.1})
+    assert resumed.log_step("layer01-s0", SPEC, {"step": 4, "reward_mean": 0.1})
+    assert _steps(uri, run_id) == [1, 2, 3, 4]
