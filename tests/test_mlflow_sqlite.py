@@ -56,3 +56,20 @@ def test_only_a_new_sqlite_file_is_made_and_the_tracker_uses_it(tmp_path, monkey
     client = MlflowClient(tracking_uri=uri)
     assert client.get_run(parent).info.experiment_id == client.get_experiment_by_name("layersweep").experiment_id
     assert (tmp_path / "cache" / "mlflow-sqlite").is_dir()
+
+
+def test_uris_it_leaves_to_mlflow_and_a_damaged_template_is_dropped(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    assert sqlite_file("sqlite:///:memory:") is None
+    assert sqlite_file("sqlite:///file:runs.db?mode=ro&uri=true") is None
+    assert sqlite_file(f"sqlite:///{tmp_path}/my%20runs.db") == tmp_path / "my runs.db"  # as SQLAlchemy reads it
+    cache = tmp_path / "cache"
+    template = template_path(cache)
+    template.parent.mkdir(parents=True)
+    template.write_bytes(b"not a database")
+    uri = f"sqlite:///{tmp_path / 'sweep' / 'mlflow.db'}"
+    assert not create_from_template(uri, cache)
+    assert "template not used" in caplog.text and not template.exists()
+    assert not (tmp_path / "sweep" / "mlflow.db").exists() and not list((tmp_path / "sweep").glob(".*.tmp"))
+    assert create_from_template(uri, cache)  # rebuilt
+    MlflowClient(tracking_uri=uri).create_experiment("layersweep")

@@ -4,7 +4,6 @@ correlation with measured contributions, the CLI, and a probe-then-train sweep o
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -110,7 +109,7 @@ def test_top_layers_takes_the_largest_signal_lower_layer_first_on_ties():
 def test_a_sweep_that_starts_its_own_ray_probes_while_ray_starts(tmp_path):
     """Locally on CPUs the probe runs in the driver process, beside Ray's start, and chooses as the Ray task would."""
     from orchestrator.driver import run_sweep
-    from orchestrator.startup import probe_runs_in_driver
+    from orchestrator.startup import in_driver_probe_threads, probe_runs_in_driver, usable_cpus
 
     overrides = {"output_dir": str(tmp_path / "runs"), "model.cache_dir": str(tmp_path / "cache"), "budget.prompts_per_step": 8,
                  "budget.steps": 1, "probe": {"top_m": 1, "batches": 2}}
@@ -127,7 +126,9 @@ def test_a_sweep_that_starts_its_own_ray_probes_while_ray_starts(tmp_path):
     sweep_dir = tmp_path / "runs" / "tiny-test"
     info = json.loads((sweep_dir / "probe.json").read_text())
     assert info["ran_in"] == "driver process" and info["batches"] == 2
-    assert info["threads"] == len(os.sched_getaffinity(0))  # every CPU: no trial runs before the probe ends
+    assert info["threads"] == (cfg.num_threads or usable_cpus())  # pinned, else every CPU: no trial runs yet
+    unpinned = load_sweep_config(TINY, {**overrides, "num_threads": None})
+    assert in_driver_probe_threads(unpinned) == usable_cpus() >= 1
     chosen = top_layers(pd.read_csv(sweep_dir / "probe.csv"), "lookahead", 1)
     assert sorted(table.loc[table["kind"] == "layers", "layer"]) == chosen
     assert set(table["status"]) == {"done"}

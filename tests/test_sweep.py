@@ -113,6 +113,37 @@ def _kill_ray_under(ray_tmp: str) -> None:
     subprocess.run(["pkill", "-9", "-f", ray_tmp], capture_output=True, timeout=30)
 
 
+def test_ctrl_c_ends_the_sweep_with_a_resume_hint_and_resume_finishes_it(tmp_path):
+    """The first SIGINT lets Tune save its state and stop; the command then says how to continue, exits by SIGINT
+    (status 130 in a shell) and writes no results table with unstarted trials in it; `resume` finishes the sweep."""
+    ray_tmp = tempfile.mkdtemp(prefix="lsray-", dir="/tmp")
+    env = {**os.environ, "LAYERSWEEP_CACHE": str(tmp_path / "cache"), "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": ray_tmp}
+    sets = ["--set", f"output_dir={tmp_path / 'runs'}", "--set", "layers=[0]", "--set", "budget.steps=40",
+            "--set", "checkpoint_every=10", "--set", "resources.max_concurrent_trials=1"]
+    sweep_dir = tmp_path / "runs" / "tiny-test"
+    driver = _run_cli(["run", str(TINY), "--no-dashboard", *sets], env)
+    deadline = time.time() + 600
+    while time.time() < deadline and not list(sweep_dir.glob("trials/*/metrics.jsonl")):
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGINT)
+    try:
+        output, _ = driver.communicate(timeout=120)
+    finally:
+        _kill_ray_under(ray_tmp)
+    assert driver.returncode == -signal.SIGINT, output[-3000:]
+    assert output.strip().splitlines()[-1] == f"layersweep: interrupted; Tune saved the sweep's state: `layersweep resume {sweep_dir}` continues it"
+    assert not (sweep_dir / "results.parquet").exists()
+
+    resumed = _run_cli(["resume", str(sweep_dir), "--no-dashboard"], env)
+    try:
+        output, _ = resumed.communicate(timeout=400)
+    finally:
+        _kill_ray_under(ray_tmp)
+    assert resumed.returncode == 0, output[-3000:]
+    table = pd.read_parquet(sweep_dir / "results.parquet")
+    assert sorted(table["trial"]) == ["base-s0", "full-s0", "layer00-s0"] and (table["status"] == "done").all()
+
+
 def test_driver_killed_mid_sweep_then_resume_skips_finished_trials(tmp_path):
     ray_tmp = tempfile.mkdtemp(prefix="lsray-", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
     env = {**os.environ, "LAYERSWEEP_CACHE": str(tmp_path / "cache"), "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": ray_tmp}

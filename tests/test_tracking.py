@@ -59,3 +59,50 @@ def test_a_new_tracker_on_the_same_store_skips_the_steps_written_and_zero_interv
     assert not resumed.log_step("layer01-s0", SPEC, {"step": 3, "reward_mean": 0.1})
     assert resumed.log_step("layer01-s0", SPEC, {"step": 4, "reward_mean": 0.1})
     assert _steps(uri, run_id) == [1, 2, 3, 4]
+
+
+def test_whole_steps_never_splits_a_step_unless_one_step_is_over_the_limit():
+    from mlflow.entities import Metric
+
+    from orchestrator.tracking import whole_steps
+
+    metrics = [Metric(f"k{i}", 1.0, 0, step) for step in (1, 2, 3) for i in range(4)]  # 3 steps of 4 metrics
+    assert len(whole_steps(metrics, 12)) == 12
+    assert [m.step for m in whole_steps(metrics, 11)] == [1] * 4 + [2] * 4  # step 3 would be cut: left out
+    assert [m.step for m in whole_steps(metrics, 4)] == [1] * 4
+    assert len(whole_steps(metrics, 3)) == 3  # one step over the limit: cut, as it cannot be written whole
+
+
+class FailingOnce:
+    """The real MLflow client, whose next log_batch fails once (a locked database, a lost server)."""
+
+    def __init__(self, client: MlflowClient) -> None:
+        self.client, self.fail_next = client, True
+
+    def log_batch(self, run_id, **batch):
+        if self.fail_next:
+            self.fail_next = False
+            raise ConnectionError("tracking server unreachable")
+        return self.client.log_batch(run_id, **batch)
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
+def test_a_failed_write_keeps_the_steps_for_the_next_one(tmp_path, monkeypatch):
+    import pytest
+
+    monkeypatch.setenv("LAYERSWEEP_CACHE", str(tmp_path / "cache"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = SweepTracker(uri, "layersweep", tmp_path, flush_every_s=60.0, clock=Clock())
+    tracker.start_sweep("s", {"seed": 0})
+    run_id = tracker.trial_run("layer01-s0", SPEC)
+    for step in (1, 2):
+        tracker.log_step("layer01-s0", SPEC, {"step": step, "reward_mean": 0.1})
+    tracker.client = FailingOnce(tracker.client)
+    with pytest.raises(ConnectionError):
+        tracker.flush("layer01-s0")
+    assert _steps(uri, run_id) == []
+    tracker.log_step("layer01-s0", SPEC, {"step": 3, "reward_mean": 0.1})
+    tracker.flush()
+    assert _steps(uri, run_id) == [1, 2, 3]  # each step once
