@@ -113,6 +113,17 @@ def _kill_ray_under(ray_tmp: str) -> None:
     subprocess.run(["pkill", "-9", "-f", ray_tmp], capture_output=True, timeout=30)
 
 
+def _resume_to_the_end(sweep_dir: Path, env: dict, ray_tmp: str) -> pd.DataFrame:
+    """`layersweep resume` on the sweep, which must exit 0; its results table."""
+    resumed = _run_cli(["resume", str(sweep_dir), "--no-dashboard"], env)
+    try:
+        output, _ = resumed.communicate(timeout=400)
+    finally:
+        _kill_ray_under(ray_tmp)
+    assert resumed.returncode == 0, output[-3000:]
+    return pd.read_parquet(sweep_dir / "results.parquet")
+
+
 def test_ctrl_c_ends_the_sweep_with_a_resume_hint_and_resume_finishes_it(tmp_path):
     """The first SIGINT lets Tune save its state and stop; the command then says how to continue, exits by SIGINT
     (status 130 in a shell) and writes no results table with unstarted trials in it; `resume` finishes the sweep."""
@@ -134,13 +145,7 @@ def test_ctrl_c_ends_the_sweep_with_a_resume_hint_and_resume_finishes_it(tmp_pat
     assert output.strip().splitlines()[-1] == f"layersweep: interrupted; Tune saved the sweep's state: `layersweep resume {sweep_dir}` continues it"
     assert not (sweep_dir / "results.parquet").exists()
 
-    resumed = _run_cli(["resume", str(sweep_dir), "--no-dashboard"], env)
-    try:
-        output, _ = resumed.communicate(timeout=400)
-    finally:
-        _kill_ray_under(ray_tmp)
-    assert resumed.returncode == 0, output[-3000:]
-    table = pd.read_parquet(sweep_dir / "results.parquet")
+    table = _resume_to_the_end(sweep_dir, env, ray_tmp)
     assert sorted(table["trial"]) == ["base-s0", "full-s0", "layer00-s0"] and (table["status"] == "done").all()
 
 
@@ -166,13 +171,7 @@ def test_driver_killed_mid_sweep_then_resume_skips_finished_trials(tmp_path):
     assert finished_before, "no trial finished before the kill; the test would prove nothing"
     assert not (sweep_dir / "results.parquet").exists()
 
-    resumed = _run_cli(["resume", str(sweep_dir), "--no-dashboard"], env)
-    try:
-        output, _ = resumed.communicate(timeout=400)
-    finally:
-        _kill_ray_under(ray_tmp)
-    assert resumed.returncode == 0, output[-3000:]
-    table = pd.read_parquet(sweep_dir / "results.parquet")
+    table = _resume_to_the_end(sweep_dir, env, ray_tmp)
     assert sorted(table["trial"]) == ["base-s0", "full-s0", "layer00-s0", "layer01-s0", "layer02-s0"]
     assert (table["status"] == "done").all()
     for name, mtime in finished_before.items():  # finished trials were not run again

@@ -19,12 +19,18 @@ def _steps(uri: str, run_id: str) -> list[int]:
     return sorted(m.step for m in MlflowClient(tracking_uri=uri).get_metric_history(run_id, "reward_mean"))
 
 
-def test_steps_are_kept_until_the_interval_passes_then_written_together(tmp_path, monkeypatch):
+def _tracker(tmp_path, monkeypatch, flush_every_s: float, clock: Clock) -> tuple[str, SweepTracker, str]:
+    """(URI, tracker, the run id of trial layer01-s0) on a new sqlite store under `tmp_path`."""
     monkeypatch.setenv("LAYERSWEEP_CACHE", str(tmp_path / "cache"))
-    uri, clock = f"sqlite:///{tmp_path / 'mlflow.db'}", Clock()
-    tracker = SweepTracker(uri, "layersweep", tmp_path, flush_every_s=5.0, clock=clock)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = SweepTracker(uri, "layersweep", tmp_path, flush_every_s=flush_every_s, clock=clock)
     tracker.start_sweep("s", {"seed": 0})
-    run_id = tracker.trial_run("layer01-s0", SPEC)
+    return uri, tracker, tracker.trial_run("layer01-s0", SPEC)
+
+
+def test_steps_are_kept_until_the_interval_passes_then_written_together(tmp_path, monkeypatch):
+    clock = Clock()
+    uri, tracker, run_id = _tracker(tmp_path, monkeypatch, 5.0, clock)
     for step in (1, 2, 3):
         clock.now += 1.0
         assert tracker.log_step("layer01-s0", SPEC, {"step": step, "reward_mean": 0.1 * step, "loss": float("nan")})
@@ -46,11 +52,7 @@ def test_steps_are_kept_until_the_interval_passes_then_written_together(tmp_path
 
 
 def test_a_new_tracker_on_the_same_store_skips_the_steps_written_and_zero_interval_writes_each_step(tmp_path, monkeypatch):
-    monkeypatch.setenv("LAYERSWEEP_CACHE", str(tmp_path / "cache"))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    first = SweepTracker(uri, "layersweep", tmp_path, flush_every_s=60.0, clock=Clock())
-    first.start_sweep("s", {"seed": 0})
-    run_id = first.trial_run("layer01-s0", SPEC)
+    uri, first, run_id = _tracker(tmp_path, monkeypatch, 60.0, Clock())
     for step in (1, 2, 3):
         first.log_step("layer01-s0", SPEC, {"step": step, "reward_mean": 0.1})
     first.flush()
@@ -92,11 +94,7 @@ class FailingOnce:
 def test_a_failed_write_keeps_the_steps_for_the_next_one(tmp_path, monkeypatch):
     import pytest
 
-    monkeypatch.setenv("LAYERSWEEP_CACHE", str(tmp_path / "cache"))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = SweepTracker(uri, "layersweep", tmp_path, flush_every_s=60.0, clock=Clock())
-    tracker.start_sweep("s", {"seed": 0})
-    run_id = tracker.trial_run("layer01-s0", SPEC)
+    uri, tracker, run_id = _tracker(tmp_path, monkeypatch, 60.0, Clock())
     for step in (1, 2):
         tracker.log_step("layer01-s0", SPEC, {"step": step, "reward_mean": 0.1})
     tracker.client = FailingOnce(tracker.client)
