@@ -88,3 +88,14 @@ def test_compact_examples_are_unchanged():
         payload = json.dumps([(e.prompt, e.answer) for e in train + evaluation]).encode()
         digests.append(hashlib.sha1(payload).hexdigest())
     assert digests == ["9e7212d7a020f84c4958091123aa7faec6279156", "f5c39ee55842cea4c3e0742b1d12222d780b7e74"]
+
+
+def test_examples_are_drawn_once_per_config():
+    """Equal configs share one cached draw (a sweep's driver builds the task four times before its first trial);
+    any field that changes the data gives its own."""
+    cfg = ArithmeticConfig(min_digits=1, max_digits=2, num_train=500, num_eval=32)
+    first = generate_examples(cfg)
+    assert generate_examples(ArithmeticConfig(min_digits=1, max_digits=2, num_train=500, num_eval=32)) is first
+    reseeded = generate_examples(cfg.model_copy(update={"seed": 7}))
+    assert reseeded is not first and [e.prompt for e in reseeded[0]] != [e.prompt for e in first[0]]
+    assert generate_examples(cfg.model_copy(update={"reverse_answer": False}))[0][0].answer == first[0][0].answer[::-1]

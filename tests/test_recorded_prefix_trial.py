@@ -46,5 +46,6 @@ def test_update_skips_the_prefix_pass_and_takes_the_same_step(tiny_config_path, 
     assert recorded_2["kl"] == pytest.approx(computed_2["kl"], rel=1e-3, abs=1e-9)
     if overrides.get("algorithm.kl_beta"):
         assert recorded_2["kl"] > 0
+    step_size = 2 * trial.cfg.optim.lr_for("layers")  # two AdamW steps move an entry by about lr each
     for name, value in recorded_weights.items():
-        assert (value - computed_weights[name]).abs().max() < 1e-6, name
+        assert (value - computed_weights[name]).abs().max() < 0.02 * step_size, name  # float rounding, not a different step

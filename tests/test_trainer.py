@@ -12,7 +12,7 @@ from workers.policy import PolicyScorer, ScoringInputs
 from workers.reference import ReferenceWeights
 from workers.spec import TrialSpec
 from workers.trainable import find_decoder_layout, select_trainable
-from workers.update import UpdateBatch, policy_update
+from workers.update import UpdateBatch, build_adamw, policy_update
 
 PROMPTS = ["12+34=", "5+7=", "99+1=", "3+3="]
 
@@ -278,3 +278,25 @@ def test_truncated_importance_sampling_scales_the_policy_loss_by_the_capped_rati
     assert plain == pytest.approx(-1.0, rel=1e-5)
     assert pg_loss(1.5) == pytest.approx(1.5 * plain, rel=1e-4)
     assert pg_loss(10.0) == pytest.approx(2.0 * plain, rel=1e-4)
+
+
+def test_adamw_is_fused_on_cpu_and_steps_as_the_unfused_one():
+    torch.manual_seed(0)
+    weights = [torch.nn.Parameter(torch.randn(8, 4)), torch.nn.Parameter(torch.randn(4))]
+    twins = [torch.nn.Parameter(w.detach().clone()) for w in weights]
+    initial = [w.detach().clone() for w in weights]
+    fused = build_adamw(weights, 1e-2, (0.9, 0.99), 0.01)
+    unfused = torch.optim.AdamW(twins, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.01, foreach=False)
+    assert fused.defaults["fused"] is True
+    gradients = [torch.randn_like(w) for w in weights]  # one per weight, so every entry moves ~lr a step
+    for step in range(3):
+        for weight, twin, gradient in zip(weights, twins, gradients):
+            weight.grad = gradient * (1.0 + 0.5 * step)
+            twin.grad = weight.grad.clone()
+        fused.step()
+        unfused.step()
+    for weight, twin, before in zip(weights, twins, initial):
+        assert (weight.detach() - before).abs().min() > 1e-2  # every entry moved
+        torch.testing.assert_close(weight.detach(), twin.detach())
+    on_meta = build_adamw([torch.nn.Parameter(torch.zeros(2, device="meta"))], 1e-2, (0.9, 0.99), 0.0)
+    assert on_meta.defaults["fused"] is None  # no fused kernel there: torch picks its default

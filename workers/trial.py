@@ -27,7 +27,7 @@ from workers.policy import PolicyScorer
 from workers.reference import ReferenceWeights
 from workers.spec import TrialSpec
 from workers.trainable import select_trainable
-from workers.update import NonFiniteLossError, policy_update
+from workers.update import NonFiniteLossError, build_adamw, policy_update
 
 
 class LayerTrial:
@@ -48,10 +48,8 @@ class LayerTrial:
         self.trainable = {name: params[name] for name in self.selection.parameter_names}
         self.num_layers = self.selection.layout.num_layers
         lr = cfg.optim.lr_for(self.spec.kind)
-        self.optimizer = torch.optim.AdamW(
-            list(self.trainable.values()) or [torch.nn.Parameter(torch.zeros(1))],
-            lr=lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay,
-        )
+        self.optimizer = build_adamw(list(self.trainable.values()) or [torch.nn.Parameter(torch.zeros(1))], lr,
+                                     cfg.optim.betas, cfg.optim.weight_decay)
         warmup = max(cfg.optim.warmup_steps, 1)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
         self.reference = ReferenceWeights(self.model, self.selection.parameter_names) if cfg.algorithm.kl_beta > 0 else None
