@@ -34,6 +34,21 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -
     return ids, mask
 
 
+def plain_kv_cache(model: PreTrainedModel) -> DynamicCache | None:
+    """An empty key/value cache whose rows can be repeated for a group, or None where the model's generation does
+    not take one: a configured `cache_implementation` (e.g. Gemma's hybrid cache) refuses it, chunked prefill
+    would append the prompt again, and linear-attention layers keep states that repeating keys and values does
+    not copy. Its updates are out of place, so a pass that fills it with gradients enabled stays differentiable."""
+    generation = getattr(model, "generation_config", None)
+    if generation is not None and (getattr(generation, "cache_implementation", None) is not None
+                                   or getattr(generation, "prefill_chunk_size", None) is not None):
+        return None
+    cache = DynamicCache(config=model.config)
+    if any(type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) for layer in cache.layers):
+        return None
+    return cache
+
+
 @torch.no_grad()
 def shared_prompt_cache(model: PreTrainedModel, prompt_ids_PS: torch.Tensor, prompt_mask_PS: torch.Tensor,
                         group_size: int) -> DynamicCache | None:
@@ -41,17 +56,11 @@ def shared_prompt_cache(model: PreTrainedModel, prompt_ids_PS: torch.Tensor, pro
     rows; `generate` then runs the last prompt token of each row (it needs that token's logits to sample).
 
     None when there is nothing to share (groups of one; a prompt of a single token, whose row would be prefilled
-    as padding only), or when the model's generation does not take a plain key/value cache: a configured
-    `cache_implementation` (e.g. Gemma's hybrid cache) refuses one, chunked prefill would append the prompt
-    again, and linear-attention layers keep states that repeating keys and values does not copy."""
-    generation = getattr(model, "generation_config", None)
-    if generation is not None and (getattr(generation, "cache_implementation", None) is not None
-                                   or getattr(generation, "prefill_chunk_size", None) is not None):
-        return None
+    as padding only), or when the model's generation takes no plain key/value cache (`plain_kv_cache`)."""
     if group_size < 2 or int(prompt_mask_PS.sum(dim=1).min()) < 2:
         return None
-    cache = DynamicCache(config=model.config)
-    if any(type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) for layer in cache.layers):
+    cache = plain_kv_cache(model)
+    if cache is None:
         return None
     position_ids = (prompt_mask_PS.cumsum(dim=1) - 1).clamp(min=0)
     model(input_ids=prompt_ids_PS[:, :-1], attention_mask=prompt_mask_PS[:, :-1], position_ids=position_ids[:, :-1],

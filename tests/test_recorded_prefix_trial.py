@@ -14,6 +14,7 @@ def _trial(config_path, overrides, records_prefix: bool):
     trial.setup()
     assert trial.records_prefix  # HF engine, single-turn task, layer 2 of 3, no dropout
     trial.records_prefix = records_prefix
+    trial.scorer.may_share_prompts = False  # the frozen-prefix way, not the shared-prompt one (tested on its own)
     return trial
 
 

@@ -53,7 +53,8 @@ class LayerTrial:
         warmup = max(cfg.optim.warmup_steps, 1)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
         self.reference = ReferenceWeights(self.model, self.selection.parameter_names) if cfg.algorithm.kl_beta > 0 else None
-        self.scorer = PolicyScorer(self.model, self.selection.layout, self.selection.lowest_layer, cfg.rollout.temperature)
+        self.scorer = PolicyScorer(self.model, self.selection.layout, self.selection.lowest_layer, cfg.rollout.temperature,
+                                   group_size=cfg.rollout.group_size)
         self.engine: RolloutEngine = build_engine(cfg.rollout, self.model, self.tokenizer, Path(self.model_dir), self.cfg.seed)
         eval_examples = [] if is_multi_turn(self.task) else list(self.task.eval_examples())
         if cfg.eval.num_prompts:

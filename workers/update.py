@@ -15,6 +15,7 @@ from workers.algorithms.losses import LOSS_AGGREGATIONS, TokenLoss, policy_token
 from workers.config import AlgorithmConfig
 from workers.policy import PolicyScorer, ScoringInputs
 from workers.reference import ReferenceWeights
+from workers.scoring_cost import ScoringPasses
 
 
 class NonFiniteLossError(RuntimeError):
@@ -76,13 +77,16 @@ def policy_update(
     slices = row_slices(mask_NT.shape[0], algorithm.micro_batch_size)
     micro = [batch.inputs.rows(rows) for rows in slices]
     recorded = batch.prefix_hidden_NLH
-    prefixes = [scorer.prefix(inputs, recorded[rows] if recorded is not None else None) for rows, inputs in zip(slices, micro)]
+    needs_old = algorithm.ppo_epochs > 1 or algorithm.truncated_is_cap is not None
+    with_reference = reference is not None and algorithm.kl_beta > 0
+    passes = ScoringPasses(forward=algorithm.ppo_epochs + int(needs_old) + int(with_reference), backward=algorithm.ppo_epochs)
+    prefixes = [scorer.prefix(inputs, recorded[rows] if recorded is not None else None, passes)
+                for rows, inputs in zip(slices, micro)]
 
     with torch.no_grad():
-        needs_old = algorithm.ppo_epochs > 1 or algorithm.truncated_is_cap is not None
         old_logps = [scorer.token_logp(i, p)[0] for i, p in zip(micro, prefixes)] if needs_old else None
         ref_logps = None
-        if reference is not None and algorithm.kl_beta > 0:
+        if with_reference:
             with reference.active(scorer.model):
                 ref_logps = [scorer.token_logp(i, p)[0] for i, p in zip(micro, prefixes)]
 
