@@ -9,9 +9,11 @@ ranked.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
 from orchestrator.config import EarlyStopConfig
 from orchestrator.results import spec_from_config
@@ -29,6 +31,116 @@ class LayerTrialsASHA(AsyncHyperBandScheduler):
         return super().on_trial_result(tune_controller, trial, result)
 
 
-def layer_scheduler(cfg: EarlyStopConfig, steps: int) -> LayerTrialsASHA:
+def layer_scheduler(cfg: EarlyStopConfig, steps: int) -> "LayerTrialsASHA | LayerTrialsSyncHalving":
+    if cfg.synchronous:
+        return LayerTrialsSyncHalving(check_steps(cfg.grace_steps, cfg.reduction_factor, steps), cfg.reduction_factor)
     return LayerTrialsASHA(time_attr="step", metric=SIGNAL, mode="max", max_t=steps, grace_period=cfg.grace_steps,
                            reduction_factor=cfg.reduction_factor)
+
+
+def check_steps(grace_steps: int, reduction_factor: float, max_steps: int) -> list[int]:
+    """The steps at which trials are compared: grace, grace·η, grace·η², … below max_steps."""
+    steps, step = [], float(grace_steps)
+    while round(step) < max_steps:
+        steps.append(round(step))
+        step *= reduction_factor
+    return steps
+
+
+class LayerTrialsSyncHalving(FIFOScheduler):
+    """Synchronous successive halving over the layer trials of each seed: a layer trial that reaches a check step
+    pauses until every layer trial of its seed still in the race has reached it; then the best ceil(n / η) by the
+    running signal go on and the others stop. Layers are compared within a seed (the same prompts each step), so
+    every seed keeps its own best layers. Base, full and trained sets never wait and are never stopped. A trial
+    that ends or fails leaves the race, so a check never waits on it."""
+
+    def __init__(self, checks: list[int], reduction_factor: float) -> None:
+        super().__init__()
+        self.checks = checks
+        self.reduction_factor = reduction_factor
+        self.seed_of: dict[str, int] = {}
+        """The seed (the race) of each layer trial."""
+        self.racing: set[str] = set()
+        """Layer trials not stopped, failed or finished."""
+        self.next_check: dict[str, int] = {}
+        """Index into `checks` of each layer trial's next check."""
+        self.arrived: dict[tuple[int, int], dict[str, float]] = {}
+        """Per (seed, check index): the signal of each trial that reached it."""
+        self.trials: dict[str, Any] = {}
+        self.to_resume: set[str] = set()
+        """Paused trials that passed their check and may run again."""
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        spec = spec_from_config(trial.config)
+        if spec.kind == "layers":
+            self.seed_of[trial.trial_id] = spec.seed
+            self.racing.add(trial.trial_id)
+            self.next_check.setdefault(trial.trial_id, 0)
+            self.trials[trial.trial_id] = trial
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        trial_id = trial.trial_id
+        if trial_id not in self.racing:
+            return TrialScheduler.CONTINUE
+        index = self.next_check[trial_id]
+        if index >= len(self.checks) or result.get("step", 0) < self.checks[index]:
+            return TrialScheduler.CONTINUE
+        self.next_check[trial_id] = index + 1
+        self.arrived.setdefault((self.seed_of[trial_id], index), {})[trial_id] = float(result.get(SIGNAL, float("-inf")))
+        decision = self._decide(tune_controller, self.seed_of[trial_id], index, current=trial_id)
+        return decision if decision is not None else TrialScheduler.PAUSE
+
+    def _decide(self, tune_controller: Any, seed: int, index: int, current: str | None = None) -> str | None:
+        """Once every racing trial of `seed` reached check `index`: stop the weak, resume the strong. Returns the
+        current trial's action (None: it waits, or it is not among them)."""
+        arrived = {t: signal for t, signal in self.arrived.get((seed, index), {}).items() if t in self.racing}
+        waiting_for = [t for t in self.racing if self.seed_of[t] == seed and self.next_check[t] <= index]
+        if waiting_for or not arrived:
+            return None
+        keep = max(1, math.ceil(len(arrived) / self.reduction_factor))
+        ranked = sorted(arrived, key=lambda t: arrived[t], reverse=True)  # a tie keeps the first to arrive
+        action = None
+        for rank, trial_id in enumerate(ranked):
+            good = rank < keep
+            if not good:
+                self.racing.discard(trial_id)
+            if trial_id == current:
+                action = TrialScheduler.CONTINUE if good else TrialScheduler.STOP
+            elif good:
+                self.to_resume.add(trial_id)
+            else:
+                tune_controller.stop_trial(self.trials[trial_id])
+        self.arrived.pop((seed, index))
+        return action
+
+    def _left_the_race(self, tune_controller: Any, trial: Any) -> None:
+        if trial.trial_id not in self.racing:
+            return
+        self.racing.discard(trial.trial_id)
+        seed = self.seed_of[trial.trial_id]
+        for race, index in sorted(self.arrived):
+            if race == seed:
+                self._decide(tune_controller, seed, index)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        self._left_the_race(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        self._left_the_race(tune_controller, trial)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        self._left_the_race(tune_controller, trial)
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Any:
+        """Pending trials first (in plan order), then paused ones that passed their check; never one still waiting."""
+        for trial in tune_controller.get_trials():
+            if trial.status == Trial.PENDING:
+                return trial
+        for trial in tune_controller.get_trials():
+            if trial.status == Trial.PAUSED and trial.trial_id in self.to_resume:
+                self.to_resume.discard(trial.trial_id)
+                return trial
+        return None
+
+    def debug_string(self) -> str:
+        return f"Synchronous successive halving over layer trials at steps {self.checks}."

@@ -14,8 +14,8 @@ from orchestrator.early_stop import SIGNAL, layer_scheduler
 TINY = Path(__file__).resolve().parent.parent / "configs" / "tiny-test.yaml"
 
 
-def trial(kind: str, layers: tuple[int, ...], trial_id: str) -> SimpleNamespace:
-    return SimpleNamespace(config={"trial": {"spec": {"kind": kind, "layers": list(layers), "seed": 0}}}, trial_id=trial_id)
+def trial(kind: str, layers: tuple[int, ...], trial_id: str, seed: int = 0) -> SimpleNamespace:
+    return SimpleNamespace(config={"trial": {"spec": {"kind": kind, "layers": list(layers), "seed": seed}}}, trial_id=trial_id)
 
 
 def test_asha_stops_a_weak_layer_trial_but_never_base_or_full():
@@ -59,3 +59,81 @@ def test_early_stopped_sweep_reports_stopped_trials_and_ranks_only_finished_ones
     assert sorted(ranking["layer"]) == sorted(finished["layer"].unique())  # stopped seeds are never ranked
     spent = int(table.loc[table["kind"] != "base", "steps"].sum())
     assert f"trial-steps spent {spent} of {8 * 8} " in (sweep_dir / "ranking.md").read_text()
+
+
+class _Controller:
+    """What the scheduler asks of Tune's controller: the trials, and stopping one."""
+
+    def __init__(self, trials):
+        self.trials, self.stopped = trials, []
+
+    def get_trials(self):
+        return self.trials
+
+    def stop_trial(self, trial):
+        self.stopped.append(trial.trial_id)
+        trial.status = "TERMINATED"
+
+
+def test_synchronous_halving_waits_for_every_layer_trial_then_keeps_the_best():
+    scheduler = layer_scheduler(EarlyStopConfig(grace_steps=2, reduction_factor=2, synchronous=True), steps=8)
+    assert scheduler.checks == [2, 4]
+    first, second, third, full = (trial("layers", (0,), "a"), trial("layers", (1,), "b"), trial("layers", (2,), "c"),
+                                  trial("full", (), "f"))
+    controller = _Controller([first, second, third, full])
+    for t in controller.trials:
+        t.status = "RUNNING"
+        scheduler.on_trial_add(controller, t)
+    assert scheduler.on_trial_result(controller, first, {"step": 1, SIGNAL: 0.2}) == "CONTINUE"  # before the check
+    assert scheduler.on_trial_result(controller, first, {"step": 2, SIGNAL: 0.2}) == "PAUSE"  # waits for b and c
+    first.status = "PAUSED"
+    assert scheduler.on_trial_result(controller, full, {"step": 2, SIGNAL: 0.0}) == "CONTINUE"  # never waits
+    assert scheduler.choose_trial_to_run(controller) is None  # a is still waiting
+    assert scheduler.on_trial_result(controller, second, {"step": 2, SIGNAL: 0.9}) == "PAUSE"
+    second.status = "PAUSED"
+    # the last one to arrive is the weakest: ceil(3 / 2) = 2 go on (b, then a), c stops, nothing else is stopped
+    assert scheduler.on_trial_result(controller, third, {"step": 2, SIGNAL: 0.1}) == "STOP"
+    assert controller.stopped == []
+    assert scheduler.choose_trial_to_run(controller) is first
+    first.status = "RUNNING"
+    assert scheduler.choose_trial_to_run(controller) is second
+    second.status = "RUNNING"
+    # at the next check, the later arrival wins: the paused earlier one is stopped
+    assert scheduler.on_trial_result(controller, first, {"step": 4, SIGNAL: 0.3}) == "PAUSE"
+    first.status = "PAUSED"
+    assert scheduler.on_trial_result(controller, second, {"step": 4, SIGNAL: 0.8}) == "CONTINUE"
+    assert controller.stopped == ["a"] and scheduler.choose_trial_to_run(controller) is None
+    assert scheduler.on_trial_result(controller, second, {"step": 6, SIGNAL: 0.8}) == "CONTINUE"  # past the last check
+
+
+def test_a_trial_that_fails_leaves_the_race_and_releases_the_waiting_ones():
+    scheduler = layer_scheduler(EarlyStopConfig(grace_steps=2, reduction_factor=2, synchronous=True), steps=8)
+    waiting, failing = trial("layers", (0,), "a"), trial("layers", (1,), "b")
+    controller = _Controller([waiting, failing])
+    for t in controller.trials:
+        t.status = "RUNNING"
+        scheduler.on_trial_add(controller, t)
+    assert scheduler.on_trial_result(controller, waiting, {"step": 2, SIGNAL: 0.2}) == "PAUSE"
+    waiting.status = "PAUSED"
+    failing.status = "ERROR"
+    scheduler.on_trial_error(controller, failing)
+    assert scheduler.choose_trial_to_run(controller) is waiting and controller.stopped == []
+
+
+def test_each_seed_races_on_its_own():
+    scheduler = layer_scheduler(EarlyStopConfig(grace_steps=2, reduction_factor=2, synchronous=True), steps=8)
+    seed0 = [trial("layers", (0,), "a0"), trial("layers", (1,), "b0")]
+    seed1 = [trial("layers", (0,), "a1", seed=1), trial("layers", (1,), "b1", seed=1)]
+    controller = _Controller(seed0 + seed1)
+    for t in controller.trials:
+        t.status = "RUNNING"
+        scheduler.on_trial_add(controller, t)
+    assert scheduler.on_trial_result(controller, seed0[0], {"step": 2, SIGNAL: 0.9}) == "PAUSE"
+    seed0[0].status = "PAUSED"
+    # seed 0's race is complete without seed 1's trials, and its weaker layer stops however seed 1 is doing
+    assert scheduler.on_trial_result(controller, seed0[1], {"step": 2, SIGNAL: 0.1}) == "STOP"
+    assert scheduler.choose_trial_to_run(controller) is seed0[0]
+    assert scheduler.on_trial_result(controller, seed1[0], {"step": 2, SIGNAL: 0.0}) == "PAUSE"
+    seed1[0].status = "PAUSED"
+    assert scheduler.on_trial_result(controller, seed1[1], {"step": 2, SIGNAL: 0.5}) == "CONTINUE"
+    assert controller.stopped == ["a1"]
