@@ -61,6 +61,33 @@ def test_early_stopped_sweep_reports_stopped_trials_and_ranks_only_finished_ones
     assert f"trial-steps spent {spent} of {8 * 8} " in (sweep_dir / "ranking.md").read_text()
 
 
+@pytest.mark.slow
+def test_a_synchronously_halved_sweep_finishes_one_layer_per_seed_and_spends_exactly_its_budget(tmp_path, capsys):
+    """Three layers a seed, one check at step 2 keeping ceil(3 / 100) = 1: the paused trials wait for their seed's
+    last one, the best resumes from its checkpoint. Steps: full 2 x 8, and per seed 3 x 2 + the survivor's 6."""
+    import ray
+
+    from orchestrator.cli import main
+
+    overrides = ["--set", f"output_dir={tmp_path / 'runs'}", "--set", f"model.cache_dir={tmp_path / 'cache'}",
+                 "--set", "seeds=[0,1]", "--set", "budget.steps=8", "--set", "checkpoint_every=4",
+                 "--set", "early_stop={grace_steps: 2, reduction_factor: 100, smoothing_steps: 2, synchronous: true}"]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        code = main(["run", str(TINY), "--no-dashboard", *overrides])
+    finally:
+        ray.shutdown()
+    assert code == 0, capsys.readouterr().err
+    sweep_dir = tmp_path / "runs" / "tiny-test"
+    table = pd.read_parquet(sweep_dir / "results.parquet")
+    layers = table[table["kind"] == "layers"]
+    finished = layers[layers["status"] == "done"]
+    assert sorted(finished["seed"]) == [0, 1] and (finished["steps"] == 8).all() and finished["score"].notna().all()
+    stopped = layers[layers["status"] == "stopped"]
+    assert len(stopped) == 4 and (stopped["steps"] == 2).all() and stopped["score"].isna().all()
+    assert f"trial-steps spent {2 * 8 + 2 * (3 * 2 + 6)} of {8 * 8} " in (sweep_dir / "ranking.md").read_text()
+
+
 class _Controller:
     """What the scheduler asks of Tune's controller: the trials, and stopping one."""
 
