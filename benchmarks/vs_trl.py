@@ -183,8 +183,17 @@ def layersweep_sweep(args: argparse.Namespace, parallel: int, variant: dict | No
     from workers.trial_files import METRICS_FILE
 
     with tempfile.TemporaryDirectory() as out:
-        sets = {**config_overrides(args), **(variant or {}), "name": "vs-trl", "output_dir": out,
-                "resources.max_concurrent_trials": parallel}
+        sets = {**config_overrides(args), **(variant or {}), "name": "vs-trl", "output_dir": out}
+        early_stop = (variant or {}).get("early_stop")
+        if isinstance(early_stop, dict) and early_stop.get("synchronous"):
+            # Synchronous halving refuses max_concurrent_trials (Tune counts paused trials against it); the CPUs
+            # bound concurrency instead, which is the same cap where `parallel` slots are all the machine has.
+            slots = len(os.sched_getaffinity(0))
+            if parallel < slots:
+                raise SystemExit(f"--parallel {parallel} is below this machine's {slots} CPUs, and a synchronous "
+                                 f"early-stop variant cannot cap its concurrent trials: run it with --parallel {slots}")
+        else:
+            sets["resources.max_concurrent_trials"] = parallel
         command = [str(Path(sys.executable).parent / "layersweep"), "run", args.config]
         for key, value in sets.items():
             command += ["--set", f"{key}={json.dumps(value)}"]

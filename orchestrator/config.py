@@ -127,6 +127,10 @@ class SweepConfig(TrialConfig):
             raise ValueError(f"seeds={self.seeds} repeats a seed")
         if isinstance(self.layers, list) and any(i < 0 for i in self.layers):
             raise ValueError(f"layers={self.layers} has a negative index")
+        if self.early_stop is not None and self.early_stop.synchronous and self.resources.max_concurrent_trials is not None:
+            raise ValueError(f"early_stop.synchronous pauses trials at each check, and Tune counts paused trials against "
+                             f"resources.max_concurrent_trials={self.resources.max_concurrent_trials}, so the trials they "
+                             f"wait for might never start: leave it unset (cpus_per_trial bounds how many run)")
         return self
 
     def trial_config(self, seed: int | None = None) -> TrialConfig:

@@ -125,7 +125,7 @@ def _tuner(cfg: SweepConfig, sweep_dir: Path, specs: list[TrialSpec], experiment
             max_concurrent_trials=cfg.resources.max_concurrent_trials,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
-            scheduler=layer_scheduler(cfg.early_stop, cfg.budget.steps) if cfg.early_stop else None,
+            scheduler=layer_scheduler(cfg.early_stop, cfg.budget.steps, specs) if cfg.early_stop else None,
             reuse_actors=cfg.resources.reuse_actors,  # warm actors run trial after trial (LayerTrainable.reset_config)
         ),
         run_config=_run_config(cfg, sweep_dir, experiment, uri, len(specs), num_layers, emit),

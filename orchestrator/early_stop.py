@@ -10,13 +10,14 @@ ranked.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
 from orchestrator.config import EarlyStopConfig
 from orchestrator.results import spec_from_config
+from workers.spec import TrialSpec
 
 SIGNAL = "reward_moving_mean"
 """The result key ASHA compares (see workers.runner.TrialRunner.advance)."""
@@ -31,9 +32,14 @@ class LayerTrialsASHA(AsyncHyperBandScheduler):
         return super().on_trial_result(tune_controller, trial, result)
 
 
-def layer_scheduler(cfg: EarlyStopConfig, steps: int) -> "LayerTrialsASHA | LayerTrialsSyncHalving":
+def layer_scheduler(cfg: EarlyStopConfig, steps: int, specs: Iterable[TrialSpec] = ()) -> "LayerTrialsASHA | LayerTrialsSyncHalving":
+    """The sweep's scheduler; `specs`: the planned trials (synchronous halving races each seed's layer trials)."""
     if cfg.synchronous:
-        return LayerTrialsSyncHalving(check_steps(cfg.grace_steps, cfg.reduction_factor, steps), cfg.reduction_factor)
+        races: dict[int, list[str]] = {}
+        for spec in specs:
+            if spec.kind == "layers":
+                races.setdefault(spec.seed, []).append(spec.name)
+        return LayerTrialsSyncHalving(check_steps(cfg.grace_steps, cfg.reduction_factor, steps), cfg.reduction_factor, races)
     return LayerTrialsASHA(time_attr="step", metric=SIGNAL, mode="max", max_t=steps, grace_period=cfg.grace_steps,
                            reduction_factor=cfg.reduction_factor)
 
@@ -54,13 +60,15 @@ class LayerTrialsSyncHalving(FIFOScheduler):
     every seed keeps its own best layers. Base, full and trained sets never wait and are never stopped. A trial
     that ends or fails leaves the race, so a check never waits on it."""
 
-    def __init__(self, checks: list[int], reduction_factor: float) -> None:
+    def __init__(self, checks: list[int], reduction_factor: float, races: Mapping[int, Iterable[str]]) -> None:
+        """`races`: the names of the planned layer trials of each seed. Tune may create trials lazily (a cap on
+        pending trials), so a check waits for every planned trial of the seed, not only those created so far."""
         super().__init__()
         self.checks = checks
         self.reduction_factor = reduction_factor
-        self.seed_of: dict[str, int] = {}
-        """The seed (the race) of each layer trial."""
-        self.racing: set[str] = set()
+        self.seed_of: dict[str, int] = {name: seed for seed, names in races.items() for name in names}
+        """The seed (the race) of each layer trial, by trial name."""
+        self.racing: set[str] = set(self.seed_of)
         """Layer trials not stopped, failed or finished."""
         self.next_check: dict[str, int] = {}
         """Index into `checks` of each layer trial's next check."""
@@ -71,18 +79,15 @@ class LayerTrialsSyncHalving(FIFOScheduler):
         """Paused trials that passed their check and may run again."""
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        spec = spec_from_config(trial.config)
-        if spec.kind == "layers":
-            self.seed_of[trial.trial_id] = spec.seed
-            self.racing.add(trial.trial_id)
-            self.next_check.setdefault(trial.trial_id, 0)
-            self.trials[trial.trial_id] = trial
+        name = spec_from_config(trial.config).name
+        if name in self.seed_of:
+            self.trials[name] = trial
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        trial_id = trial.trial_id
+        trial_id = spec_from_config(trial.config).name
         if trial_id not in self.racing:
             return TrialScheduler.CONTINUE
-        index = self.next_check[trial_id]
+        index = self.next_check.get(trial_id, 0)
         if index >= len(self.checks) or result.get("step", 0) < self.checks[index]:
             return TrialScheduler.CONTINUE
         self.next_check[trial_id] = index + 1
@@ -94,7 +99,7 @@ class LayerTrialsSyncHalving(FIFOScheduler):
         """Once every racing trial of `seed` reached check `index`: stop the weak, resume the strong. Returns the
         current trial's action (None: it waits, or it is not among them)."""
         arrived = {t: signal for t, signal in self.arrived.get((seed, index), {}).items() if t in self.racing}
-        waiting_for = [t for t in self.racing if self.seed_of[t] == seed and self.next_check[t] <= index]
+        waiting_for = [t for t in self.racing if self.seed_of[t] == seed and self.next_check.get(t, 0) <= index]
         if waiting_for or not arrived:
             return None
         keep = max(1, math.ceil(len(arrived) / self.reduction_factor))
@@ -114,10 +119,11 @@ class LayerTrialsSyncHalving(FIFOScheduler):
         return action
 
     def _left_the_race(self, tune_controller: Any, trial: Any) -> None:
-        if trial.trial_id not in self.racing:
+        name = spec_from_config(trial.config).name
+        if name not in self.racing:
             return
-        self.racing.discard(trial.trial_id)
-        seed = self.seed_of[trial.trial_id]
+        self.racing.discard(name)
+        seed = self.seed_of[name]
         for race, index in sorted(self.arrived):
             if race == seed:
                 self._decide(tune_controller, seed, index)
@@ -137,8 +143,9 @@ class LayerTrialsSyncHalving(FIFOScheduler):
             if trial.status == Trial.PENDING:
                 return trial
         for trial in tune_controller.get_trials():
-            if trial.status == Trial.PAUSED and trial.trial_id in self.to_resume:
-                self.to_resume.discard(trial.trial_id)
+            name = spec_from_config(trial.config).name
+            if trial.status == Trial.PAUSED and name in self.to_resume:
+                self.to_resume.discard(name)
                 return trial
         return None
 

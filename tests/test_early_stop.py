@@ -10,6 +10,7 @@ import pytest
 
 from orchestrator.config import EarlyStopConfig, load_sweep_config
 from orchestrator.early_stop import SIGNAL, layer_scheduler
+from orchestrator.results import spec_from_config
 
 TINY = Path(__file__).resolve().parent.parent / "configs" / "tiny-test.yaml"
 
@@ -102,11 +103,19 @@ class _Controller:
         trial.status = "TERMINATED"
 
 
+SYNC = EarlyStopConfig(grace_steps=2, reduction_factor=2, synchronous=True)
+
+
+def _sync_scheduler(trials):
+    """The scheduler for a plan of these trials."""
+    return layer_scheduler(SYNC, 8, [spec_from_config(t.config) for t in trials])
+
+
 def test_synchronous_halving_waits_for_every_layer_trial_then_keeps_the_best():
-    scheduler = layer_scheduler(EarlyStopConfig(grace_steps=2, reduction_factor=2, synchronous=True), steps=8)
-    assert scheduler.checks == [2, 4]
     first, second, third, full = (trial("layers", (0,), "a"), trial("layers", (1,), "b"), trial("layers", (2,), "c"),
                                   trial("full", (), "f"))
+    scheduler = _sync_scheduler([first, second, third, full])
+    assert scheduler.checks == [2, 4]
     controller = _Controller([first, second, third, full])
     for t in controller.trials:
         t.status = "RUNNING"
@@ -134,8 +143,8 @@ def test_synchronous_halving_waits_for_every_layer_trial_then_keeps_the_best():
 
 
 def test_a_trial_that_fails_leaves_the_race_and_releases_the_waiting_ones():
-    scheduler = layer_scheduler(EarlyStopConfig(grace_steps=2, reduction_factor=2, synchronous=True), steps=8)
     waiting, failing = trial("layers", (0,), "a"), trial("layers", (1,), "b")
+    scheduler = _sync_scheduler([waiting, failing])
     controller = _Controller([waiting, failing])
     for t in controller.trials:
         t.status = "RUNNING"
@@ -148,9 +157,9 @@ def test_a_trial_that_fails_leaves_the_race_and_releases_the_waiting_ones():
 
 
 def test_each_seed_races_on_its_own():
-    scheduler = layer_scheduler(EarlyStopConfig(grace_steps=2, reduction_factor=2, synchronous=True), steps=8)
     seed0 = [trial("layers", (0,), "a0"), trial("layers", (1,), "b0")]
     seed1 = [trial("layers", (0,), "a1", seed=1), trial("layers", (1,), "b1", seed=1)]
+    scheduler = _sync_scheduler(seed0 + seed1)
     controller = _Controller(seed0 + seed1)
     for t in controller.trials:
         t.status = "RUNNING"
@@ -164,3 +173,24 @@ def test_each_seed_races_on_its_own():
     seed1[0].status = "PAUSED"
     assert scheduler.on_trial_result(controller, seed1[1], {"step": 2, SIGNAL: 0.5}) == "CONTINUE"
     assert controller.stopped == ["a1"]
+
+
+def test_a_check_waits_for_a_planned_trial_tune_has_not_created_yet():
+    """Tune may create trials lazily: the first trial at a check waits for its seed's planned ones all the same."""
+    created, later = trial("layers", (0,), "a"), trial("layers", (1,), "b")
+    scheduler = _sync_scheduler([created, later])
+    controller = _Controller([created])
+    created.status = "RUNNING"
+    scheduler.on_trial_add(controller, created)
+    assert scheduler.on_trial_result(controller, created, {"step": 2, SIGNAL: 0.9}) == "PAUSE"
+    created.status = "PAUSED"
+    controller.trials.append(later)
+    later.status = "RUNNING"
+    scheduler.on_trial_add(controller, later)
+    assert scheduler.on_trial_result(controller, later, {"step": 2, SIGNAL: 0.1}) == "STOP"
+    assert scheduler.choose_trial_to_run(controller) is created
+
+
+def test_synchronous_halving_refuses_a_cap_on_concurrent_trials():
+    with pytest.raises(ValueError, match=r"early_stop.synchronous .* resources.max_concurrent_trials=2"):
+        load_sweep_config(TINY, {"early_stop": {"synchronous": True}, "resources.max_concurrent_trials": 2})
