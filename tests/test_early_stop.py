@@ -31,22 +31,27 @@ def test_asha_stops_a_weak_layer_trial_but_never_base_or_full():
     assert scheduler.on_trial_result(None, base, {"step": 2, SIGNAL: 0.0}) == "CONTINUE"
 
 
-@pytest.mark.slow
-def test_early_stopped_sweep_reports_stopped_trials_and_ranks_only_finished_ones(tmp_path, capsys):
+def _early_stopped_tiny_sweep(tmp_path, capsys, early_stop: str) -> Path:
+    """The tiny config over seeds 0 and 1, 8 steps, under `early_stop`, on a fresh 2-CPU local Ray; its directory."""
     import ray
 
     from orchestrator.cli import main
 
     overrides = ["--set", f"output_dir={tmp_path / 'runs'}", "--set", f"model.cache_dir={tmp_path / 'cache'}",
                  "--set", "seeds=[0,1]", "--set", "budget.steps=8", "--set", "checkpoint_every=4",
-                 "--set", "early_stop={grace_steps: 2, reduction_factor: 100, smoothing_steps: 2}"]
+                 "--set", f"early_stop={early_stop}"]
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         code = main(["run", str(TINY), "--no-dashboard", *overrides])
     finally:
         ray.shutdown()
     assert code == 0, capsys.readouterr().err
-    sweep_dir = tmp_path / "runs" / "tiny-test"
+    return tmp_path / "runs" / "tiny-test"
+
+
+@pytest.mark.slow
+def test_early_stopped_sweep_reports_stopped_trials_and_ranks_only_finished_ones(tmp_path, capsys):
+    sweep_dir = _early_stopped_tiny_sweep(tmp_path, capsys, "{grace_steps: 2, reduction_factor: 100, smoothing_steps: 2}")
     table = pd.read_parquet(sweep_dir / "results.parquet")
     references = table[table["kind"] != "layers"]
     assert (references["status"] == "done").all() and (references["steps"] == references["kind"].map({"base": 0, "full": 8})).all()
@@ -66,20 +71,8 @@ def test_early_stopped_sweep_reports_stopped_trials_and_ranks_only_finished_ones
 def test_a_synchronously_halved_sweep_finishes_one_layer_per_seed_and_spends_exactly_its_budget(tmp_path, capsys):
     """Three layers a seed, one check at step 2 keeping ceil(3 / 100) = 1: the paused trials wait for their seed's
     last one, the best resumes from its checkpoint. Steps: full 2 x 8, and per seed 3 x 2 + the survivor's 6."""
-    import ray
-
-    from orchestrator.cli import main
-
-    overrides = ["--set", f"output_dir={tmp_path / 'runs'}", "--set", f"model.cache_dir={tmp_path / 'cache'}",
-                 "--set", "seeds=[0,1]", "--set", "budget.steps=8", "--set", "checkpoint_every=4",
-                 "--set", "early_stop={grace_steps: 2, reduction_factor: 100, smoothing_steps: 2, synchronous: true}"]
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        code = main(["run", str(TINY), "--no-dashboard", *overrides])
-    finally:
-        ray.shutdown()
-    assert code == 0, capsys.readouterr().err
-    sweep_dir = tmp_path / "runs" / "tiny-test"
+    sweep_dir = _early_stopped_tiny_sweep(tmp_path, capsys,
+                                          "{grace_steps: 2, reduction_factor: 100, smoothing_steps: 2, synchronous: true}")
     table = pd.read_parquet(sweep_dir / "results.parquet")
     layers = table[table["kind"] == "layers"]
     finished = layers[layers["status"] == "done"]
