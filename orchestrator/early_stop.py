@@ -77,22 +77,34 @@ class LayerTrialsSyncHalving(FIFOScheduler):
         self.trials: dict[str, Any] = {}
         self.to_resume: set[str] = set()
         """Paused trials that passed their check and may run again."""
+        self.to_stop: set[str] = set()
+        """Paused (or pausing) trials that lost at a check, stopped once their pause is complete."""
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        """Also called for every trial of a resumed sweep: one that had ended (stopped here, or finished) is out."""
         name = spec_from_config(trial.config).name
         if name in self.seed_of:
             self.trials[name] = trial
+            if trial.status in (Trial.TERMINATED, Trial.ERROR):
+                self.racing.discard(name)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         trial_id = spec_from_config(trial.config).name
         if trial_id not in self.racing:
             return TrialScheduler.CONTINUE
-        index = self.next_check.get(trial_id, 0)
-        if index >= len(self.checks) or result.get("step", 0) < self.checks[index]:
+        index, step, seed = self.next_check.get(trial_id, 0), result.get("step", 0), self.seed_of[trial_id]
+        skipped = []
+        while index < len(self.checks) and self.checks[index] < step:  # passed before a restore (a resumed sweep)
+            skipped.append(index)
+            index += 1
+        self.next_check[trial_id] = index
+        for passed in skipped:  # the others at that check no longer wait for this trial
+            self._decide(tune_controller, seed, passed)
+        if index >= len(self.checks) or step < self.checks[index]:
             return TrialScheduler.CONTINUE
         self.next_check[trial_id] = index + 1
-        self.arrived.setdefault((self.seed_of[trial_id], index), {})[trial_id] = float(result.get(SIGNAL, float("-inf")))
-        decision = self._decide(tune_controller, self.seed_of[trial_id], index, current=trial_id)
+        self.arrived.setdefault((seed, index), {})[trial_id] = float(result.get(SIGNAL, float("-inf")))
+        decision = self._decide(tune_controller, seed, index, current=trial_id)
         return decision if decision is not None else TrialScheduler.PAUSE
 
     def _decide(self, tune_controller: Any, seed: int, index: int, current: str | None = None) -> str | None:
@@ -114,9 +126,22 @@ class LayerTrialsSyncHalving(FIFOScheduler):
             elif good:
                 self.to_resume.add(trial_id)
             else:
-                tune_controller.stop_trial(self.trials[trial_id])
+                self.to_stop.add(trial_id)
         self.arrived.pop((seed, index))
+        self._stop_paused_losers(tune_controller)
         return action
+
+    def _stop_paused_losers(self, tune_controller: Any) -> None:
+        """Stop each trial that lost at a check once Tune has finished pausing it. Stopped while its pause was still
+        saving, the pause's completion would set it PAUSED again: it would end the sweep neither stopped nor done,
+        and a resumed sweep would run it on."""
+        for name in list(self.to_stop):
+            trial = self.trials.get(name)
+            if trial is None or trial.status in (Trial.TERMINATED, Trial.ERROR):
+                self.to_stop.discard(name)
+            elif trial.status == Trial.PAUSED and not getattr(trial, "is_saving", False):
+                self.to_stop.discard(name)
+                tune_controller.stop_trial(trial)
 
     def _left_the_race(self, tune_controller: Any, trial: Any) -> None:
         name = spec_from_config(trial.config).name
@@ -138,7 +163,9 @@ class LayerTrialsSyncHalving(FIFOScheduler):
         self._left_the_race(tune_controller, trial)
 
     def choose_trial_to_run(self, tune_controller: Any) -> Any:
-        """Pending trials first (in plan order), then paused ones that passed their check; never one still waiting."""
+        """Pending trials first (in plan order), then paused ones that passed their check; never one still waiting.
+        Tune calls this on every turn of its loop, so it is also where losers whose pause has completed stop."""
+        self._stop_paused_losers(tune_controller)
         for trial in tune_controller.get_trials():
             if trial.status == Trial.PENDING:
                 return trial

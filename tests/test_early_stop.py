@@ -187,3 +187,35 @@ def test_a_check_waits_for_a_planned_trial_tune_has_not_created_yet():
 def test_synchronous_halving_refuses_a_cap_on_concurrent_trials():
     with pytest.raises(ValueError, match=r"early_stop.synchronous .* resources.max_concurrent_trials=2"):
         load_sweep_config(TINY, {"early_stop": {"synchronous": True}, "resources.max_concurrent_trials": 2})
+
+
+def test_a_resumed_sweep_neither_waits_for_ended_trials_nor_rechecks_passed_steps():
+    """On resume Tune adds every trial again: a trial stopped before is out of the race, and one restored past a
+    check (it survived it) goes on without waiting there."""
+    stopped, survivor, running = trial("layers", (0,), "a"), trial("layers", (1,), "b"), trial("layers", (2,), "c")
+    scheduler = _sync_scheduler([stopped, survivor, running])
+    controller = _Controller([stopped, survivor, running])
+    stopped.status, survivor.status, running.status = "TERMINATED", "RUNNING", "RUNNING"
+    for t in controller.trials:
+        scheduler.on_trial_add(controller, t)
+    # c waits at step 2 for b only (a ended before the resume) ...
+    assert scheduler.on_trial_result(controller, running, {"step": 2, SIGNAL: 0.5}) == "PAUSE"
+    running.status = "PAUSED"
+    # ... and b, restored at step 3 past that check, is not compared there: c is released, and both go on
+    assert scheduler.on_trial_result(controller, survivor, {"step": 3, SIGNAL: 0.1}) == "CONTINUE"
+    assert scheduler.choose_trial_to_run(controller) is running and controller.stopped == []
+
+
+def test_a_loser_still_saving_its_pause_is_stopped_once_the_pause_completes():
+    saving, winner = trial("layers", (0,), "a"), trial("layers", (1,), "b")
+    scheduler = _sync_scheduler([saving, winner])
+    controller = _Controller([saving, winner])
+    for t in controller.trials:
+        t.status = "RUNNING"
+        scheduler.on_trial_add(controller, t)
+    assert scheduler.on_trial_result(controller, saving, {"step": 2, SIGNAL: 0.1}) == "PAUSE"
+    saving.is_saving = True  # Tune is still writing the pause's checkpoint
+    assert scheduler.on_trial_result(controller, winner, {"step": 2, SIGNAL: 0.9}) == "CONTINUE"
+    assert controller.stopped == [] and scheduler.choose_trial_to_run(controller) is None
+    saving.status, saving.is_saving = "PAUSED", False
+    assert scheduler.choose_trial_to_run(controller) is None and controller.stopped == ["a"]
