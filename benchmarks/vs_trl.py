@@ -188,7 +188,9 @@ def layersweep_sweep(args: argparse.Namespace, parallel: int, variant: dict | No
         if isinstance(early_stop, dict) and early_stop.get("synchronous"):
             # Synchronous halving refuses max_concurrent_trials (Tune counts paused trials against it); the CPUs
             # bound concurrency instead, which is the same cap where `parallel` slots are all the machine has.
-            slots = len(os.sched_getaffinity(0))
+            from orchestrator.startup import usable_cpus
+
+            slots = usable_cpus()
             if parallel < slots:
                 raise SystemExit(f"--parallel {parallel} is below this machine's {slots} CPUs, and a synchronous "
                                  f"early-stop variant cannot cap its concurrent trials: run it with --parallel {slots}")

@@ -66,9 +66,10 @@ class EarlyStopConfig(Section):
     """The compared signal is the mean training reward over this many latest steps (one step is noisy)."""
     synchronous: bool = False
     """Wait at each check until every layer trial of the same seed still in the race reached it, then let that
-    seed's best 1/factor go on (synchronous successive halving; each seed keeps its own best layers). ASHA (false) decides as each trial arrives: the first trial at a check
-    always goes on, so when it is the weaker one both run to the end. Synchronous halving spends exactly
-    grace x N + the survivors' steps, at the price of pausing (a checkpoint and a restore) the trials that wait."""
+    seed's best 1/factor go on (synchronous successive halving; each seed keeps its own best layers). ASHA (false)
+    decides as each trial arrives: the first trial at a check always goes on, so when it is the weaker one both
+    run to the end. Synchronous halving spends exactly grace x N + the survivors' steps, at the price of pausing
+    (a checkpoint and a restore) the trials that wait."""
 
 
 class ProbeConfig(Section):

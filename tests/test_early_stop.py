@@ -104,15 +104,21 @@ def _sync_scheduler(trials):
     return layer_scheduler(SYNC, 8, [spec_from_config(t.config) for t in trials])
 
 
+def _all_running(scheduler, trials) -> _Controller:
+    """A controller holding `trials`, each RUNNING and added to `scheduler`, as Tune starts them."""
+    controller = _Controller(list(trials))
+    for t in controller.trials:
+        t.status = "RUNNING"
+        scheduler.on_trial_add(controller, t)
+    return controller
+
+
 def test_synchronous_halving_waits_for_every_layer_trial_then_keeps_the_best():
     first, second, third, full = (trial("layers", (0,), "a"), trial("layers", (1,), "b"), trial("layers", (2,), "c"),
                                   trial("full", (), "f"))
     scheduler = _sync_scheduler([first, second, third, full])
     assert scheduler.checks == [2, 4]
-    controller = _Controller([first, second, third, full])
-    for t in controller.trials:
-        t.status = "RUNNING"
-        scheduler.on_trial_add(controller, t)
+    controller = _all_running(scheduler, [first, second, third, full])
     assert scheduler.on_trial_result(controller, first, {"step": 1, SIGNAL: 0.2}) == "CONTINUE"  # before the check
     assert scheduler.on_trial_result(controller, first, {"step": 2, SIGNAL: 0.2}) == "PAUSE"  # waits for b and c
     first.status = "PAUSED"
@@ -138,10 +144,7 @@ def test_synchronous_halving_waits_for_every_layer_trial_then_keeps_the_best():
 def test_a_trial_that_fails_leaves_the_race_and_releases_the_waiting_ones():
     waiting, failing = trial("layers", (0,), "a"), trial("layers", (1,), "b")
     scheduler = _sync_scheduler([waiting, failing])
-    controller = _Controller([waiting, failing])
-    for t in controller.trials:
-        t.status = "RUNNING"
-        scheduler.on_trial_add(controller, t)
+    controller = _all_running(scheduler, [waiting, failing])
     assert scheduler.on_trial_result(controller, waiting, {"step": 2, SIGNAL: 0.2}) == "PAUSE"
     waiting.status = "PAUSED"
     failing.status = "ERROR"
@@ -153,10 +156,7 @@ def test_each_seed_races_on_its_own():
     seed0 = [trial("layers", (0,), "a0"), trial("layers", (1,), "b0")]
     seed1 = [trial("layers", (0,), "a1", seed=1), trial("layers", (1,), "b1", seed=1)]
     scheduler = _sync_scheduler(seed0 + seed1)
-    controller = _Controller(seed0 + seed1)
-    for t in controller.trials:
-        t.status = "RUNNING"
-        scheduler.on_trial_add(controller, t)
+    controller = _all_running(scheduler, seed0 + seed1)
     assert scheduler.on_trial_result(controller, seed0[0], {"step": 2, SIGNAL: 0.9}) == "PAUSE"
     seed0[0].status = "PAUSED"
     # seed 0's race is complete without seed 1's trials, and its weaker layer stops however seed 1 is doing
@@ -209,10 +209,7 @@ def test_a_resumed_sweep_neither_waits_for_ended_trials_nor_rechecks_passed_step
 def test_a_loser_still_saving_its_pause_is_stopped_once_the_pause_completes():
     saving, winner = trial("layers", (0,), "a"), trial("layers", (1,), "b")
     scheduler = _sync_scheduler([saving, winner])
-    controller = _Controller([saving, winner])
-    for t in controller.trials:
-        t.status = "RUNNING"
-        scheduler.on_trial_add(controller, t)
+    controller = _all_running(scheduler, [saving, winner])
     assert scheduler.on_trial_result(controller, saving, {"step": 2, SIGNAL: 0.1}) == "PAUSE"
     saving.is_saving = True  # Tune is still writing the pause's checkpoint
     assert scheduler.on_trial_result(controller, winner, {"step": 2, SIGNAL: 0.9}) == "CONTINUE"
