@@ -9,7 +9,9 @@ ranked.
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from ray.tune.experiment import Trial
@@ -21,6 +23,9 @@ from workers.spec import TrialSpec
 
 SIGNAL = "reward_moving_mean"
 """The result key ASHA compares (see workers.runner.TrialRunner.advance)."""
+HALVING_LOSS_FILE = "halving_loss.json"
+"""In a trial's directory: the check at which synchronous halving stopped the trial, written when it lost there.
+A resumed sweep reads it because Tune's own record of the stop can be missing (see LayerTrialsSyncHalving)."""
 
 
 class LayerTrialsASHA(AsyncHyperBandScheduler):
@@ -58,7 +63,12 @@ class LayerTrialsSyncHalving(FIFOScheduler):
     pauses until every layer trial of its seed still in the race has reached it; then the best ceil(n / η) by the
     running signal go on and the others stop. Layers are compared within a seed (the same prompts each step), so
     every seed keeps its own best layers. Base, full and trained sets never wait and are never stopped. A trial
-    that ends or fails leaves the race, so a check never waits on it."""
+    that ends or fails leaves the race, so a check never waits on it.
+
+    Each loser's directory gets HALVING_LOSS_FILE when it loses. Ray Tune (2.60) does not write the status of a
+    trial stopped while paused into its experiment state (`TuneController._schedule_trial_stop` marks only trials
+    with a live actor for the state file), so `layersweep resume` would restore such a loser as unfinished and run
+    it to the end; the restored scheduler (Tune pickles it as it was before the sweep ran) stops it again instead."""
 
     def __init__(self, checks: list[int], reduction_factor: float, races: Mapping[int, Iterable[str]]) -> None:
         """`races`: the names of the planned layer trials of each seed. Tune may create trials lazily (a cap on
@@ -81,12 +91,16 @@ class LayerTrialsSyncHalving(FIFOScheduler):
         """Paused (or pausing) trials that lost at a check, stopped once their pause is complete."""
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        """Also called for every trial of a resumed sweep: one that had ended (stopped here, or finished) is out."""
+        """Also called for every trial of a resumed sweep: one that had ended (stopped here, or finished) is out, and
+        one that had lost at a check is stopped again before it runs."""
         name = spec_from_config(trial.config).name
         if name in self.seed_of:
             self.trials[name] = trial
             if trial.status in (Trial.TERMINATED, Trial.ERROR):
                 self.racing.discard(name)
+            elif _lost_before_resume(trial):
+                self.racing.discard(name)
+                self.to_stop.add(name)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         trial_id = spec_from_config(trial.config).name
@@ -121,6 +135,7 @@ class LayerTrialsSyncHalving(FIFOScheduler):
             good = rank < keep
             if not good:
                 self.racing.discard(trial_id)
+                _record_loss(self.trials[trial_id], self.checks[index], arrived[trial_id])
             if trial_id == current:
                 action = TrialScheduler.CONTINUE if good else TrialScheduler.STOP
             elif good:
@@ -132,14 +147,14 @@ class LayerTrialsSyncHalving(FIFOScheduler):
         return action
 
     def _stop_paused_losers(self, tune_controller: Any) -> None:
-        """Stop each trial that lost at a check once Tune has finished pausing it. Stopped while its pause was still
-        saving, the pause's completion would set it PAUSED again: it would end the sweep neither stopped nor done,
-        and a resumed sweep would run it on."""
+        """Stop each trial that lost at a check once Tune has finished pausing it (or, in a resumed sweep, before
+        it starts again: it is PENDING then). Stopped while its pause was still saving, the pause's completion
+        would set it PAUSED again: it would end the sweep neither stopped nor done."""
         for name in list(self.to_stop):
             trial = self.trials.get(name)
             if trial is None or trial.status in (Trial.TERMINATED, Trial.ERROR):
                 self.to_stop.discard(name)
-            elif trial.status == Trial.PAUSED and not getattr(trial, "is_saving", False):
+            elif trial.status in (Trial.PAUSED, Trial.PENDING) and not getattr(trial, "is_saving", False):
                 self.to_stop.discard(name)
                 tune_controller.stop_trial(trial)
 
@@ -178,3 +193,24 @@ class LayerTrialsSyncHalving(FIFOScheduler):
 
     def debug_string(self) -> str:
         return f"Synchronous successive halving over layer trials at steps {self.checks}."
+
+
+def _loss_record(trial: Any) -> Path:
+    """Where HALVING_LOSS_FILE of this Tune trial lives: its layersweep trial directory."""
+    return Path(trial.config["trials_dir"]) / spec_from_config(trial.config).name / HALVING_LOSS_FILE
+
+
+def _lost_before_resume(trial: Any) -> bool:
+    """Whether this restored trial had lost at a check: its HALVING_LOSS_FILE names a check it had reached. A trial
+    of a fresh sweep over an earlier sweep's directory has reported nothing yet, so a stale file does not count."""
+    path = _loss_record(trial)
+    if not path.exists():
+        return False
+    reached = int((trial.last_result or {}).get("step", 0))
+    return int(json.loads(path.read_text())["stopped_at_check_step"]) <= reached
+
+
+def _record_loss(trial: Any, check_step: int, signal: float) -> None:
+    path = _loss_record(trial)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"stopped_at_check_step": check_step, SIGNAL: signal}))

@@ -15,8 +15,16 @@ from orchestrator.results import spec_from_config
 TINY = Path(__file__).resolve().parent.parent / "configs" / "tiny-test.yaml"
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path, monkeypatch):
+    """Stand-in trials keep their directories under `trials/` of the working directory: the test's tmp_path."""
+    monkeypatch.chdir(tmp_path)
+
+
 def trial(kind: str, layers: tuple[int, ...], trial_id: str, seed: int = 0) -> SimpleNamespace:
-    return SimpleNamespace(config={"trial": {"spec": {"kind": kind, "layers": list(layers), "seed": seed}}}, trial_id=trial_id)
+    """What the schedulers read of a Tune trial: its config (spec, trials directory) and last result."""
+    config = {"trial": {"spec": {"kind": kind, "layers": list(layers), "seed": seed}}, "trials_dir": "trials"}
+    return SimpleNamespace(config=config, trial_id=trial_id, last_result={})
 
 
 def test_asha_stops_a_weak_layer_trial_but_never_base_or_full():
@@ -216,3 +224,44 @@ def test_a_loser_still_saving_its_pause_is_stopped_once_the_pause_completes():
     assert controller.stopped == [] and scheduler.choose_trial_to_run(controller) is None
     saving.status, saving.is_saving = "PAUSED", False
     assert scheduler.choose_trial_to_run(controller) is None and controller.stopped == ["a"]
+
+
+def _lose_at_the_first_check(scheduler, loser, winner) -> _Controller:
+    """Both reach step 2; `loser` pauses there first, then loses to `winner` and is stopped once paused."""
+    controller = _all_running(scheduler, [loser, winner])
+    assert scheduler.on_trial_result(controller, loser, {"step": 2, SIGNAL: 0.1}) == "PAUSE"
+    loser.status = "PAUSED"
+    assert scheduler.on_trial_result(controller, winner, {"step": 2, SIGNAL: 0.9}) == "CONTINUE"
+    assert scheduler.choose_trial_to_run(controller) is None and controller.stopped == ["a"]
+    return controller
+
+
+def test_a_resumed_sweep_stops_a_trial_that_had_lost_at_a_check_before_it_runs_again():
+    """Tune's experiment state may still hold a loser stopped while paused as unfinished, so `resume` requeues it
+    (PENDING) with the rest; the scheduler Tune restores is the one from before the sweep ran, and its loss record
+    is what stops it again."""
+    loser, winner = trial("layers", (0,), "a"), trial("layers", (1,), "b")
+    _lose_at_the_first_check(_sync_scheduler([loser, winner]), loser, winner)
+    assert (Path("trials") / "layer00-s0" / "halving_loss.json").exists()
+
+    loser.last_result, winner.last_result = {"step": 2}, {"step": 5}
+    loser.status = winner.status = "PENDING"
+    restored = _sync_scheduler([loser, winner])
+    controller = _Controller([loser, winner])
+    for t in controller.trials:
+        restored.on_trial_add(controller, t)
+    assert restored.choose_trial_to_run(controller) is winner
+    assert controller.stopped == ["a"] and loser.status == "TERMINATED"
+
+
+def test_a_fresh_sweep_ignores_a_loss_record_an_earlier_sweep_left_in_its_directory():
+    loser, winner = trial("layers", (0,), "a"), trial("layers", (1,), "b")
+    _lose_at_the_first_check(_sync_scheduler([loser, winner]), loser, winner)
+
+    again, other = trial("layers", (0,), "a"), trial("layers", (1,), "b")  # the same names, nothing reported yet
+    again.status = other.status = "PENDING"
+    scheduler = _sync_scheduler([again, other])
+    controller = _Controller([again, other])
+    for t in controller.trials:
+        scheduler.on_trial_add(controller, t)
+    assert scheduler.choose_trial_to_run(controller) is again and controller.stopped == []

@@ -124,6 +124,17 @@ def _resume_to_the_end(sweep_dir: Path, env: dict, ray_tmp: str) -> pd.DataFrame
     return pd.read_parquet(sweep_dir / "results.parquet")
 
 
+def _ctrl_c(driver: subprocess.Popen, ray_tmp: str) -> str:
+    """SIGINT to the driver, which must end by it (after Tune saved the sweep's state); its output."""
+    driver.send_signal(signal.SIGINT)
+    try:
+        output, _ = driver.communicate(timeout=120)
+    finally:
+        _kill_ray_under(ray_tmp)
+    assert driver.returncode == -signal.SIGINT, output[-3000:]
+    return output
+
+
 def test_ctrl_c_ends_the_sweep_with_a_resume_hint_and_resume_finishes_it(tmp_path):
     """The first SIGINT lets Tune save its state and stop; the command then says how to continue, exits by SIGINT
     (status 130 in a shell) and writes no results table with unstarted trials in it; `resume` finishes the sweep."""
@@ -136,12 +147,7 @@ def test_ctrl_c_ends_the_sweep_with_a_resume_hint_and_resume_finishes_it(tmp_pat
     deadline = time.time() + 600
     while time.time() < deadline and not list(sweep_dir.glob("trials/*/metrics.jsonl")):
         time.sleep(0.2)
-    driver.send_signal(signal.SIGINT)
-    try:
-        output, _ = driver.communicate(timeout=120)
-    finally:
-        _kill_ray_under(ray_tmp)
-    assert driver.returncode == -signal.SIGINT, output[-3000:]
+    output = _ctrl_c(driver, ray_tmp)
     assert output.strip().splitlines()[-1] == f"layersweep: interrupted; Tune saved the sweep's state: `layersweep resume {sweep_dir}` continues it"
     assert not (sweep_dir / "results.parquet").exists()
 
@@ -181,3 +187,32 @@ def test_driver_killed_mid_sweep_then_resume_skips_finished_trials(tmp_path):
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "reward_mean"))
         expected = [] if name.startswith("base") else list(range(1, 81))
         assert steps == expected, name
+
+
+def test_a_synchronously_halved_sweep_interrupted_after_a_check_resumes_without_running_its_losers(tmp_path):
+    """Three layers race to step 10 and one goes on (reduction factor 100), so at least one loser was paused when it
+    lost: Tune stops it without writing that into its experiment state. Ctrl-C right after the check, then
+    `resume`: the losers stay stopped at step 10, only the winner and full run on."""
+    ray_tmp = tempfile.mkdtemp(prefix="lsray-", dir="/tmp")
+    env = {**os.environ, "LAYERSWEEP_CACHE": str(tmp_path / "cache"), "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": ray_tmp}
+    steps, check = 300, 10
+    sets = ["--set", f"output_dir={tmp_path / 'runs'}", "--set", "layers=[0,1,2]", "--set", f"budget.steps={steps}",
+            "--set", "budget.prompts_per_step=32", "--set", "checkpoint_every=100",
+            "--set", f"early_stop={{grace_steps: {check}, reduction_factor: 100, smoothing_steps: 2, synchronous: true}}"]
+    sweep_dir = tmp_path / "runs" / "tiny-test"
+    driver = _run_cli(["run", str(TINY), "--no-dashboard", *sets], env)
+    deadline = time.time() + 600
+    while time.time() < deadline and driver.poll() is None and not list(sweep_dir.glob("trials/*/halving_loss.json")):
+        time.sleep(0.1)
+    assert driver.poll() is None, "the sweep ended before its check; the test would prove nothing"
+    _ctrl_c(driver, ray_tmp)
+
+    table = _resume_to_the_end(sweep_dir, env, ray_tmp).set_index("trial")
+    layers = table[table["kind"] == "layers"]
+    assert sorted(layers["status"]) == ["done", "stopped", "stopped"], layers[["status", "steps"]]
+    stopped = layers[layers["status"] == "stopped"]
+    assert (stopped["steps"] == check).all() and stopped["score"].isna().all()
+    for name in stopped.index:  # not one step past the check, in either run
+        assert len((sweep_dir / "trials" / name / "metrics.jsonl").read_text().splitlines()) == check, name
+    assert table.loc["full-s0", "status"] == "done" and table.loc["full-s0", "steps"] == steps
+    assert f"trial-steps spent {2 * steps + 2 * check} of {4 * steps} " in (sweep_dir / "ranking.md").read_text()
