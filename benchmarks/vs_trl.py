@@ -10,6 +10,13 @@ step time of the full / first / last layer trial, the scores and both top-1 laye
     .venv/bin/python benchmarks/vs_trl.py                           # configs/default.yaml, 2 at a time
     .venv/bin/python benchmarks/vs_trl.py --steps 3 --layers 0 5    # a quick check
     .venv/bin/python benchmarks/vs_trl.py --engine hf               # layersweep samples with HF generate too
+    .venv/bin/python benchmarks/vs_trl.py --seeds 0 1 2             # both systems on three seeds each
+
+With `--seeds`, every trial of both systems runs once per seed (the peer with that seed's prompt order and TRL
+seed, layersweep as one sweep with `seeds=[...]`); a trial's score is its mean over the seeds, its step time the
+median of the seeds' medians, and the table also gives each system's top-1 layer per seed. One seed's top-1 can
+flip between two layers whose scores are within evaluation noise (2xSE of one 400-prompt score is ~0.05), so the
+systems' top-1 layers are compared on the mean.
 
 TRL's settings: `loss_type="dapo"` (token mean over the whole batch, as layersweep's token-mean),
 `scale_rewards="group"` (the GRPO std), beta = kl_beta, epsilon / epsilon_high = the clip range,
@@ -58,6 +65,8 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALL
 def config_overrides(args: argparse.Namespace) -> dict:
     """The `--set` overrides both systems run with: one dict, so the peer and layersweep cannot drift apart."""
     overrides = {}
+    if args.seed is not None:
+        overrides["seed"] = args.seed
     if args.steps is not None:
         overrides["budget.steps"] = args.steps
     if args.layers is not None:
@@ -160,30 +169,54 @@ def run_peer_trial(cfg: SweepConfig, model_dir: str, trial: str) -> dict:
 
 
 # -- the two sweeps ---------------------------------------------------------------------------------------------
-def peer_sweep(args: argparse.Namespace, trials: list[str], model_dir: str, parallel: int) -> tuple[float, dict]:
-    """(wall seconds, {trial: result}) of the peer loop, `parallel` fresh processes at a time."""
-    def one(trial: str) -> dict:
-        command = [sys.executable, __file__, "--config", args.config, "--peer-trial", trial, "--model-dir", model_dir]
+def merge_seeds(per_seed: list[dict]) -> dict:
+    """One trial's results on several seeds as one result: `score` the mean of the scored seeds (None when none was
+    scored, e.g. early-stopped in every seed), `step_s` the median of the seeds' median step times, `steps` their sum,
+    and `scores` {seed: score or None}."""
+    scored = [r["score"] for r in per_seed if r.get("score") is not None]
+    steps = [r["step_s"] for r in per_seed if r.get("step_s") is not None]
+    return {"trial": per_seed[0]["trial"], "score": statistics.fmean(scored) if scored else None,
+            "step_s": statistics.median(steps) if steps else None, "steps": sum(r.get("steps", 0) for r in per_seed),
+            "scores": {r["seed"]: r.get("score") for r in per_seed}}
+
+
+def by_trial(results: list[dict]) -> dict:
+    """{trial: merged result} from one result per (trial, seed)."""
+    trials: dict[str, list[dict]] = {}
+    for result in results:
+        trials.setdefault(result["trial"], []).append(result)
+    return {trial: merge_seeds(per_seed) for trial, per_seed in trials.items()}
+
+
+def peer_sweep(args: argparse.Namespace, trials: list[str], seeds: list[int], model_dir: str, parallel: int) -> tuple[float, dict]:
+    """(wall seconds, {trial: result merged over seeds}) of the peer loop: every trial once per seed, `parallel`
+    fresh processes at a time."""
+    def one(job: tuple[str, int]) -> dict:
+        trial, seed = job
+        command = [sys.executable, __file__, "--config", args.config, "--peer-trial", trial, "--model-dir", model_dir,
+                   "--seed", str(seed)]
         command += ["--steps", str(args.steps)] if args.steps is not None else []
         done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **ONE_THREAD})
         if done.returncode:
-            raise RuntimeError(f"TRL trial {trial} failed:\n{done.stderr[-3000:]}")
-        return json.loads(done.stdout.strip().splitlines()[-1])
+            raise RuntimeError(f"TRL trial {trial} (seed {seed}) failed:\n{done.stderr[-3000:]}")
+        return {**json.loads(done.stdout.strip().splitlines()[-1]), "seed": seed}
 
     started = time.perf_counter()
     with ThreadPoolExecutor(parallel) as pool:
-        results = list(pool.map(one, trials))
-    return time.perf_counter() - started, {r["trial"]: r for r in results}
+        results = list(pool.map(one, [(trial, seed) for seed in seeds for trial in trials]))
+    return time.perf_counter() - started, by_trial(results)
 
 
-def layersweep_sweep(args: argparse.Namespace, parallel: int, variant: dict | None = None) -> tuple[float, dict]:
-    """(wall seconds, {trial: result}) of `layersweep run` on the config, as a subprocess of this run; `variant`:
-    further `--set` overrides (e.g. a probe-then-train or early-stopped sweep)."""
+def layersweep_sweep(args: argparse.Namespace, seeds: list[int], parallel: int, variant: dict | None = None) -> tuple[float, dict]:
+    """(wall seconds, {trial: result merged over seeds}) of `layersweep run` on the config with `seeds`, as a
+    subprocess of this run; `variant`: further `--set` overrides (e.g. a probe-then-train or early-stopped sweep)."""
     from orchestrator.results import load_results, trial_dir
     from workers.trial_files import METRICS_FILE
 
     with tempfile.TemporaryDirectory() as out:
         sets = {**config_overrides(args), **(variant or {}), "name": "vs-trl", "output_dir": out}
+        if len(seeds) > 1:
+            sets["seeds"] = seeds
         early_stop = (variant or {}).get("early_stop")
         if isinstance(early_stop, dict) and early_stop.get("synchronous"):
             # Synchronous halving refuses max_concurrent_trials (Tune counts paused trials against it); the CPUs
@@ -205,24 +238,36 @@ def layersweep_sweep(args: argparse.Namespace, parallel: int, variant: dict | No
         if done.returncode:
             raise RuntimeError(f"layersweep run exited {done.returncode}:\n{(done.stdout + done.stderr)[-3000:]}")
         sweep_dir = Path(out) / "vs-trl"
-        results = {}
+        results = []
         for row in load_results(sweep_dir).itertuples():
             trial = str(row.layer) if row.kind == "layers" else row.kind
-            result = {"trial": trial, "score": None if row.status == "stopped" else row.score}
+            result = {"trial": trial, "seed": int(row.seed), "score": None if row.status == "stopped" else row.score}
             if row.kind != "base":
                 lines = (trial_dir(sweep_dir, row.trial) / METRICS_FILE).read_text().splitlines()
                 result["step_s"] = statistics.median(json.loads(line)["step_seconds"] for line in lines)
                 result["steps"] = len(lines)
-            results[trial] = result
-    return wall, results
+            results.append(result)
+    return wall, by_trial(results)
 
 
 # -- the report -------------------------------------------------------------------------------------------------
+def best_layer(scores: dict[str, float | None]) -> str | None:
+    """The best-scoring single layer of {trial: score} (base, full and unscored trials left out; ties go to the
+    lower layer), None when no layer was scored."""
+    layers = {t: s for t, s in scores.items() if t not in ("base", "full") and s is not None}
+    return max(layers, key=lambda t: (layers[t], -int(t))) if layers else None
+
+
 def top1(results: dict) -> str:
-    """The best-scoring single layer and its score, as each system's ranking would put it first (one seed)."""
-    scores = {t: r["score"] for t, r in results.items() if t not in ("base", "full") and r["score"] is not None}
-    best = max(scores, key=lambda t: (scores[t], -int(t)))  # ties go to the lower layer
-    return f"{best} ({scores[best]:.3f})"
+    """The best single layer by mean score over the seeds, and that score, as each system's ranking puts it first."""
+    best = best_layer({t: r["score"] for t, r in results.items()})
+    return f"{best} ({results[best]['score']:.3f})" if best is not None else "-"
+
+
+def top1_per_seed(results: dict) -> str:
+    """Each seed's best single layer, e.g. `1 / 1 / 0` for seeds 0, 1, 2 (`-` where the seed scored no layer)."""
+    seeds = sorted({seed for r in results.values() for seed in r["scores"]})
+    return " / ".join(best_layer({t: r["scores"].get(seed) for t, r in results.items()}) or "-" for seed in seeds)
 
 
 def _number(results: dict, trial: str, key: str, width: int) -> str:
@@ -236,12 +281,12 @@ def report(systems: dict[str, tuple[float, dict]], layers: list[int]) -> str:
     """One row per system (wall, median step of full / first / last layer, scores, top-1), then every score."""
     first, last = str(layers[0]), str(layers[-1])
     lines = [f"{'system':<44}{'sweep wall s':>13}{'step full':>11}{'step L' + first:>9}{'step L' + last:>9}"
-             f"{'S_base':>8}{'S_full':>8}{'trial-steps':>12}  top-1 layer"]
+             f"{'S_base':>8}{'S_full':>8}{'trial-steps':>12}  top-1 layer (mean)  per seed"]
     for name, (wall, results) in systems.items():
         steps = "".join(_number(results, t, "step_s", width) for t, width in (("full", 11), (first, 9), (last, 9)))
         lines.append(f"{name:<44}{wall:>13.1f}{steps}{_number(results, 'base', 'score', 8)}{_number(results, 'full', 'score', 8)}"
-                     f"{sum(r.get('steps', 0) for r in results.values()):>12}  {top1(results)}")
-    lines.append("\nheld-out score per trial\n" + f"{'trial':<8}" + "".join(f"{name[:42]:>44}" for name in systems))
+                     f"{sum(r.get('steps', 0) for r in results.values()):>12}  {top1(results):<18}  {top1_per_seed(results)}")
+    lines.append("\nheld-out score per trial (mean over seeds)\n" + f"{'trial':<8}" + "".join(f"{name[:42]:>44}" for name in systems))
     for trial in ["base", "full", *map(str, layers)]:
         lines.append(f"{trial:<8}" + "".join(_number(results, trial, "score", 44) for _, results in systems.values()))
     return "\n".join(lines)
@@ -254,6 +299,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="override budget.steps (quick runs)")
     parser.add_argument("--layers", type=int, nargs="+", help="override the config's candidate layers")
     parser.add_argument("--engine", choices=("hf", "vllm", "auto"), help="override layersweep's rollout.engine")
+    parser.add_argument("--seeds", type=int, nargs="+", help="run every trial of both systems once per seed (default: "
+                        "the config's seed); scores are means over the seeds")
+    parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)  # a child process's seed
     parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[;KEY=VALUE]",
                         help="also run layersweep with these overrides, e.g. 'probe={top_m: 2}' (repeatable: one sweep each)")
     parser.add_argument("--skip-layersweep", action="store_true")
@@ -277,20 +325,26 @@ def main() -> None:
     engine = resolve_engine_name(cfg.rollout, sum(p.numel() for p in load_model_and_tokenizer(model_dir)[0].parameters()))
     layers = candidate_layers(cfg.layers, AutoConfig.from_pretrained(model_dir).num_hidden_layers)
     trials = ["base", "full", *map(str, layers)]
-    print(f"{args.config}: base + full + layers {layers}, {cfg.budget.steps} steps, model {model_dir}", flush=True)
+    seeds = args.seeds or [cfg.seed]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--seeds {seeds} repeats a seed")
+    print(f"{args.config}: base + full + layers {layers}, {cfg.budget.steps} steps, seeds {seeds}, model {model_dir}", flush=True)
     systems = {}
     if not args.skip_sequential:
-        systems["TRL loop, sequential"] = peer_sweep(args, trials, model_dir, 1)
-    systems[f"TRL loop, {args.parallel} at a time"] = peer = peer_sweep(args, trials, model_dir, args.parallel)
+        systems["TRL loop, sequential"] = peer_sweep(args, trials, seeds, model_dir, 1)
+    systems[f"TRL loop, {args.parallel} at a time"] = peer = peer_sweep(args, trials, seeds, model_dir, args.parallel)
     ours = {}
     if not args.skip_layersweep:
-        ours[f"layersweep (engine {engine})"] = layersweep_sweep(args, args.parallel)
+        ours[f"layersweep (engine {engine})"] = layersweep_sweep(args, seeds, args.parallel)
     for text in args.variant:
         variant = dict(parse_override(part) for part in text.split(";"))
-        ours[f"layersweep + {text}"] = layersweep_sweep(args, args.parallel, variant)
+        ours[f"layersweep + {text}"] = layersweep_sweep(args, seeds, args.parallel, variant)
     print(report({**systems, **ours}, layers))
-    for name, (wall, _) in ours.items():
-        print(f"TRL {args.parallel}-at-a-time wall / {name} wall: {peer[0] / wall:.2f}x")
+    peer_top1 = best_layer({t: r["score"] for t, r in peer[1].items()})
+    for name, (wall, results) in ours.items():
+        same = best_layer({t: r["score"] for t, r in results.items()}) == peer_top1
+        print(f"TRL {args.parallel}-at-a-time wall / {name} wall: {peer[0] / wall:.2f}x; "
+              f"same top-1 layer (mean over seeds {seeds}): {'yes' if same else 'no'}")
 
 
 if __name__ == "__main__":

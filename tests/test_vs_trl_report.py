@@ -1,0 +1,49 @@
+"""benchmarks/vs_trl.py's multi-seed bookkeeping: how per-seed results become one row and one top-1 layer."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "vs_trl.py"
+
+
+@pytest.fixture(scope="module")
+def vs_trl():
+    spec = importlib.util.spec_from_file_location("vs_trl", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_merge_seeds_means_scores_and_sums_steps(vs_trl):
+    merged = vs_trl.merge_seeds([
+        {"trial": "1", "seed": 0, "score": 0.60, "step_s": 0.10, "steps": 100},
+        {"trial": "1", "seed": 1, "score": 0.70, "step_s": 0.30, "steps": 100},
+        {"trial": "1", "seed": 2, "score": None, "step_s": 0.20, "steps": 40},  # early-stopped: no score
+    ])
+    assert merged["score"] == pytest.approx(0.65)
+    assert merged["step_s"] == pytest.approx(0.20)
+    assert merged["steps"] == 240
+    assert merged["scores"] == {0: 0.60, 1: 0.70, 2: None}
+
+
+def test_top1_is_taken_on_the_mean_not_on_one_seed(vs_trl):
+    # Seed 0 alone puts layer 0 first (0.655 vs 0.650); over both seeds layer 1 leads (0.640 vs 0.600).
+    per_seed = [
+        {"trial": "base", "seed": 0, "score": 0.44}, {"trial": "base", "seed": 1, "score": 0.44},
+        {"trial": "0", "seed": 0, "score": 0.655}, {"trial": "0", "seed": 1, "score": 0.545},
+        {"trial": "1", "seed": 0, "score": 0.650}, {"trial": "1", "seed": 1, "score": 0.630},
+        {"trial": "2", "seed": 0, "score": None}, {"trial": "2", "seed": 1, "score": None},
+    ]
+    results = vs_trl.by_trial(per_seed)
+    assert vs_trl.top1(results) == "1 (0.640)"
+    assert vs_trl.top1_per_seed(results) == "0 / 1"
+    assert results["2"]["score"] is None
+
+
+def test_best_layer_ties_go_to_the_lower_layer_and_ignore_references(vs_trl):
+    assert vs_trl.best_layer({"base": 0.9, "full": 0.9, "3": 0.5, "1": 0.5, "2": 0.4}) == "1"
+    assert vs_trl.best_layer({"base": 0.9, "4": None}) is None
