@@ -264,10 +264,24 @@ def top1(results: dict) -> str:
     return f"{best} ({results[best]['score']:.3f})" if best is not None else "-"
 
 
+def best_layer_per_seed(results: dict) -> dict[int, str | None]:
+    """{seed: that seed's best single layer} (None where the seed scored no layer)."""
+    seeds = sorted({seed for r in results.values() for seed in r["scores"]})
+    return {seed: best_layer({t: r["scores"].get(seed) for t, r in results.items()}) for seed in seeds}
+
+
 def top1_per_seed(results: dict) -> str:
     """Each seed's best single layer, e.g. `1 / 1 / 0` for seeds 0, 1, 2 (`-` where the seed scored no layer)."""
-    seeds = sorted({seed for r in results.values() for seed in r["scores"]})
-    return " / ".join(best_layer({t: r["scores"].get(seed) for t, r in results.items()}) or "-" for seed in seeds)
+    return " / ".join(layer or "-" for layer in best_layer_per_seed(results).values())
+
+
+def pruning_summary(pruned: dict, exhaustive: dict) -> str:
+    """How a pruned sweep (probe top-m, early stopping) did against the exhaustive one on the same seeds: in how
+    many seeds its top-1 is the exhaustive top-1, and its trial-steps as a share of the exhaustive ones."""
+    found, best = best_layer_per_seed(pruned), best_layer_per_seed(exhaustive)
+    hits = sum(found.get(seed) == layer for seed, layer in best.items())
+    spent, total = (sum(r.get("steps", 0) for r in results.values()) for results in (pruned, exhaustive))
+    return f"exhaustive top-1 found in {hits} of {len(best)} seeds; trial-steps {spent} of {total} ({spent / total:.0%})"
 
 
 def _number(results: dict, trial: str, key: str, width: int) -> str:
@@ -341,10 +355,12 @@ def main() -> None:
         ours[f"layersweep + {text}"] = layersweep_sweep(args, seeds, args.parallel, variant)
     print(report({**systems, **ours}, layers))
     peer_top1 = best_layer({t: r["score"] for t, r in peer[1].items()})
-    for name, (wall, results) in ours.items():
+    exhaustive = next(iter(ours.values()))[1] if not args.skip_layersweep else None
+    for index, (name, (wall, results)) in enumerate(ours.items()):
         same = best_layer({t: r["score"] for t, r in results.items()}) == peer_top1
+        pruned = f"; {pruning_summary(results, exhaustive)}" if exhaustive is not None and index > 0 else ""
         print(f"TRL {args.parallel}-at-a-time wall / {name} wall: {peer[0] / wall:.2f}x; "
-              f"same top-1 layer (mean over seeds {seeds}): {'yes' if same else 'no'}")
+              f"same top-1 layer (mean over seeds {seeds}): {'yes' if same else 'no'}{pruned}")
 
 
 if __name__ == "__main__":

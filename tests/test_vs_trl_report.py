@@ -47,3 +47,16 @@ def test_top1_is_taken_on_the_mean_not_on_one_seed(vs_trl):
 def test_best_layer_ties_go_to_the_lower_layer_and_ignore_references(vs_trl):
     assert vs_trl.best_layer({"base": 0.9, "full": 0.9, "3": 0.5, "1": 0.5, "2": 0.4}) == "1"
     assert vs_trl.best_layer({"base": 0.9, "4": None}) is None
+
+
+def test_a_pruned_sweep_is_judged_per_seed_against_the_exhaustive_one(vs_trl):
+    # Exhaustive: layer 1 best in both seeds, 2 layers x 10 steps a seed. Pruned: layer 1 stopped in seed 1.
+    exhaustive = vs_trl.by_trial([
+        {"trial": "0", "seed": 0, "score": 0.5, "steps": 10}, {"trial": "1", "seed": 0, "score": 0.6, "steps": 10},
+        {"trial": "0", "seed": 1, "score": 0.5, "steps": 10}, {"trial": "1", "seed": 1, "score": 0.6, "steps": 10},
+    ])
+    pruned = vs_trl.by_trial([
+        {"trial": "0", "seed": 0, "score": None, "steps": 4}, {"trial": "1", "seed": 0, "score": 0.6, "steps": 10},
+        {"trial": "0", "seed": 1, "score": 0.5, "steps": 10}, {"trial": "1", "seed": 1, "score": None, "steps": 4},
+    ])
+    assert vs_trl.pruning_summary(pruned, exhaustive) == "exhaustive top-1 found in 1 of 2 seeds; trial-steps 28 of 40 (70%)"
