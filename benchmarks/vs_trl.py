@@ -12,9 +12,10 @@ step time of the full / first / last layer trial, the scores and both top-1 laye
     .venv/bin/python benchmarks/vs_trl.py --engine hf               # layersweep samples with HF generate too
     .venv/bin/python benchmarks/vs_trl.py --seeds 0 1 2             # both systems on three seeds each
 
-With `--seeds`, every trial of both systems runs once per seed (the peer with that seed's prompt order and TRL
-seed, layersweep as one sweep with `seeds=[...]`); a trial's score is its mean over the seeds, its step time the
-median of the seeds' medians, and the table also gives each system's top-1 layer per seed. One seed's top-1 can
+With `--seeds` (default: the config's seeds), every trial of both systems runs once per seed (the peer with that
+seed's prompt order and TRL seed, layersweep as one sweep with `seeds=[...]`); a trial's score is its mean over the
+seeds it was scored in (a pruned sweep's layer may be stopped in some: the top-1 column then says over how many),
+its step time the median of the seeds' medians, and the table also gives each system's top-1 layer per seed. One seed's top-1 can
 flip between two layers whose scores are within evaluation noise (2xSE of one 400-prompt score is ~0.05), so the
 systems' top-1 layers are compared on the mean.
 
@@ -214,9 +215,7 @@ def layersweep_sweep(args: argparse.Namespace, seeds: list[int], parallel: int, 
     from workers.trial_files import METRICS_FILE
 
     with tempfile.TemporaryDirectory() as out:
-        sets = {**config_overrides(args), **(variant or {}), "name": "vs-trl", "output_dir": out}
-        if len(seeds) > 1:
-            sets["seeds"] = seeds
+        sets = {**config_overrides(args), **(variant or {}), "name": "vs-trl", "output_dir": out, "seeds": seeds}
         early_stop = (variant or {}).get("early_stop")
         if isinstance(early_stop, dict) and early_stop.get("synchronous"):
             # Synchronous halving refuses max_concurrent_trials (Tune counts paused trials against it); the CPUs
@@ -241,7 +240,8 @@ def layersweep_sweep(args: argparse.Namespace, seeds: list[int], parallel: int, 
         results = []
         for row in load_results(sweep_dir).itertuples():
             trial = str(row.layer) if row.kind == "layers" else row.kind
-            result = {"trial": trial, "seed": int(row.seed), "score": None if row.status == "stopped" else row.score}
+            scored = row.status in ("done", "no_learning") and row.score == row.score  # a failed row's score is NaN
+            result = {"trial": trial, "seed": int(row.seed), "score": row.score if scored else None}
             if row.kind != "base":
                 lines = (trial_dir(sweep_dir, row.trial) / METRICS_FILE).read_text().splitlines()
                 result["step_s"] = statistics.median(json.loads(line)["step_seconds"] for line in lines)
@@ -259,9 +259,14 @@ def best_layer(scores: dict[str, float | None]) -> str | None:
 
 
 def top1(results: dict) -> str:
-    """The best single layer by mean score over the seeds, and that score, as each system's ranking puts it first."""
+    """The best single layer by mean score over the seeds, and that score, as each system's ranking puts it first.
+    Where that layer was not scored in every seed (early-stopped in some), how many seeds the mean is over."""
     best = best_layer({t: r["score"] for t, r in results.items()})
-    return f"{best} ({results[best]['score']:.3f})" if best is not None else "-"
+    if best is None:
+        return "-"
+    scores = results[best]["scores"].values()
+    scored = sum(score is not None for score in scores)
+    return f"{best} ({results[best]['score']:.3f}{'' if scored == len(scores) else f', {scored} of {len(scores)} seeds'})"
 
 
 def best_layer_per_seed(results: dict) -> dict[int, str | None]:
@@ -279,7 +284,7 @@ def pruning_summary(pruned: dict, exhaustive: dict) -> str:
     """How a pruned sweep (probe top-m, early stopping) did against the exhaustive one on the same seeds: in how
     many seeds its top-1 is the exhaustive top-1, and its trial-steps as a share of the exhaustive ones."""
     found, best = best_layer_per_seed(pruned), best_layer_per_seed(exhaustive)
-    hits = sum(found.get(seed) == layer for seed, layer in best.items())
+    hits = sum(layer is not None and found.get(seed) == layer for seed, layer in best.items())
     spent, total = (sum(r.get("steps", 0) for r in results.values()) for results in (pruned, exhaustive))
     return f"exhaustive top-1 found in {hits} of {len(best)} seeds; trial-steps {spent} of {total} ({spent / total:.0%})"
 
@@ -314,7 +319,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, nargs="+", help="override the config's candidate layers")
     parser.add_argument("--engine", choices=("hf", "vllm", "auto"), help="override layersweep's rollout.engine")
     parser.add_argument("--seeds", type=int, nargs="+", help="run every trial of both systems once per seed (default: "
-                        "the config's seed); scores are means over the seeds")
+                        "the config's seeds); scores are means over the seeds")
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)  # a child process's seed
     parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[;KEY=VALUE]",
                         help="also run layersweep with these overrides, e.g. 'probe={top_m: 2}' (repeatable: one sweep each)")
@@ -339,7 +344,7 @@ def main() -> None:
     engine = resolve_engine_name(cfg.rollout, sum(p.numel() for p in load_model_and_tokenizer(model_dir)[0].parameters()))
     layers = candidate_layers(cfg.layers, AutoConfig.from_pretrained(model_dir).num_hidden_layers)
     trials = ["base", "full", *map(str, layers)]
-    seeds = args.seeds or [cfg.seed]
+    seeds = args.seeds or cfg.seed_list
     if len(set(seeds)) != len(seeds):
         raise SystemExit(f"--seeds {seeds} repeats a seed")
     print(f"{args.config}: base + full + layers {layers}, {cfg.budget.steps} steps, seeds {seeds}, model {model_dir}", flush=True)

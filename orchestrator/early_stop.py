@@ -143,12 +143,12 @@ class LayerTrialsSyncHalving(FIFOScheduler):
             else:
                 self.to_stop.add(trial_id)
         self.arrived.pop((seed, index))
-        self._stop_paused_losers(tune_controller)
+        self._stop_idle_losers(tune_controller)
         return action
 
-    def _stop_paused_losers(self, tune_controller: Any) -> None:
-        """Stop each trial that lost at a check once Tune has finished pausing it (or, in a resumed sweep, before
-        it starts again: it is PENDING then). Stopped while its pause was still saving, the pause's completion
+    def _stop_idle_losers(self, tune_controller: Any) -> None:
+        """Stop each trial that lost at a check once it is idle: once Tune has finished pausing it, or, in a resumed
+        sweep, before it starts again (it is PENDING then). Stopped while its pause was still saving, the pause's completion
         would set it PAUSED again: it would end the sweep neither stopped nor done."""
         for name in list(self.to_stop):
             trial = self.trials.get(name)
@@ -180,7 +180,7 @@ class LayerTrialsSyncHalving(FIFOScheduler):
     def choose_trial_to_run(self, tune_controller: Any) -> Any:
         """Pending trials first (in plan order), then paused ones that passed their check; never one still waiting.
         Tune calls this on every turn of its loop, so it is also where losers whose pause has completed stop."""
-        self._stop_paused_losers(tune_controller)
+        self._stop_idle_losers(tune_controller)
         for trial in tune_controller.get_trials():
             if trial.status == Trial.PENDING:
                 return trial
@@ -201,16 +201,22 @@ def _loss_record(trial: Any) -> Path:
 
 
 def _lost_before_resume(trial: Any) -> bool:
-    """Whether this restored trial had lost at a check: its HALVING_LOSS_FILE names a check it had reached. A trial
-    of a fresh sweep over an earlier sweep's directory has reported nothing yet, so a stale file does not count."""
+    """Whether this restored trial had lost at a check: its HALVING_LOSS_FILE names this very Tune trial. Tune keeps
+    a trial's id on resume and gives every trial of a new Tuner a new one, so a file that an earlier sweep over the
+    same directory left names another trial; it is removed (its check steps may not even be this sweep's)."""
     path = _loss_record(trial)
     if not path.exists():
         return False
-    reached = int((trial.last_result or {}).get("step", 0))
-    return int(json.loads(path.read_text())["stopped_at_check_step"]) <= reached
+    if json.loads(path.read_text())["trial_id"] == trial.trial_id:
+        return True
+    path.unlink()
+    return False
 
 
 def _record_loss(trial: Any, check_step: int, signal: float) -> None:
+    """Written whole or not at all (a driver killed mid-write leaves no half file for every later resume to trip on)."""
     path = _loss_record(trial)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"stopped_at_check_step": check_step, SIGNAL: signal}))
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps({"trial_id": trial.trial_id, "stopped_at_check_step": check_step, SIGNAL: signal}))
+    partial.replace(path)

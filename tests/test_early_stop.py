@@ -91,16 +91,19 @@ def test_a_synchronously_halved_sweep_finishes_one_layer_per_seed_and_spends_exa
 
 
 class _Controller:
-    """What the scheduler asks of Tune's controller: the trials, and stopping one."""
+    """What the scheduler asks of Tune's controller: the trials, and stopping one (as Tune's stop_trial does, it
+    tells the scheduler that a PENDING or PAUSED trial is removed)."""
 
-    def __init__(self, trials):
-        self.trials, self.stopped = trials, []
+    def __init__(self, trials, scheduler=None):
+        self.trials, self.stopped, self.scheduler = trials, [], scheduler
 
     def get_trials(self):
         return self.trials
 
     def stop_trial(self, trial):
         self.stopped.append(trial.trial_id)
+        if self.scheduler is not None and trial.status in ("PENDING", "PAUSED"):
+            self.scheduler.on_trial_remove(self, trial)
         trial.status = "TERMINATED"
 
 
@@ -114,7 +117,7 @@ def _sync_scheduler(trials):
 
 def _all_running(scheduler, trials) -> _Controller:
     """A controller holding `trials`, each RUNNING and added to `scheduler`, as Tune starts them."""
-    controller = _Controller(list(trials))
+    controller = _Controller(list(trials), scheduler)
     for t in controller.trials:
         t.status = "RUNNING"
         scheduler.on_trial_add(controller, t)
@@ -247,21 +250,28 @@ def test_a_resumed_sweep_stops_a_trial_that_had_lost_at_a_check_before_it_runs_a
     loser.last_result, winner.last_result = {"step": 2}, {"step": 5}
     loser.status = winner.status = "PENDING"
     restored = _sync_scheduler([loser, winner])
-    controller = _Controller([loser, winner])
+    controller = _Controller([loser, winner], restored)
     for t in controller.trials:
         restored.on_trial_add(controller, t)
     assert restored.choose_trial_to_run(controller) is winner
     assert controller.stopped == ["a"] and loser.status == "TERMINATED"
+    winner.status = "RUNNING"  # restored past the check: it goes on, waiting for nobody
+    assert restored.on_trial_result(controller, winner, {"step": 6, SIGNAL: 0.9}) == "CONTINUE"
 
 
 def test_a_fresh_sweep_ignores_a_loss_record_an_earlier_sweep_left_in_its_directory():
     loser, winner = trial("layers", (0,), "a"), trial("layers", (1,), "b")
     _lose_at_the_first_check(_sync_scheduler([loser, winner]), loser, winner)
 
-    again, other = trial("layers", (0,), "a"), trial("layers", (1,), "b")  # the same names, nothing reported yet
-    again.status = other.status = "PENDING"
+    record = Path("trials") / "layer00-s0" / "halving_loss.json"
+    assert record.exists()
+    # A new Tuner: the same trial names, new Tune trial ids. Even a trial that has reported past the old check step
+    # (a hard-killed fresh sweep, resumed) is not the trial that lost there.
+    again, other = trial("layers", (0,), "a2"), trial("layers", (1,), "b2")
+    again.status, other.status, again.last_result = "PENDING", "PENDING", {"step": 3}
     scheduler = _sync_scheduler([again, other])
-    controller = _Controller([again, other])
+    controller = _Controller([again, other], scheduler)
     for t in controller.trials:
         scheduler.on_trial_add(controller, t)
     assert scheduler.choose_trial_to_run(controller) is again and controller.stopped == []
+    assert not record.exists()

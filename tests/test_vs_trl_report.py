@@ -40,6 +40,8 @@ def test_top1_is_taken_on_the_mean_not_on_one_seed(vs_trl):
     ]
     results = vs_trl.by_trial(per_seed)
     assert vs_trl.top1(results) == "1 (0.640)"
+    stopped_once = vs_trl.by_trial([*per_seed[:4], {"trial": "1", "seed": 0, "score": 0.650}, {"trial": "1", "seed": 1, "score": None}])
+    assert vs_trl.top1(stopped_once) == "1 (0.650, 1 of 2 seeds)"
     assert vs_trl.top1_per_seed(results) == "0 / 1"
     assert results["2"]["score"] is None
 
@@ -60,3 +62,5 @@ def test_a_pruned_sweep_is_judged_per_seed_against_the_exhaustive_one(vs_trl):
         {"trial": "0", "seed": 1, "score": 0.5, "steps": 10}, {"trial": "1", "seed": 1, "score": None, "steps": 4},
     ])
     assert vs_trl.pruning_summary(pruned, exhaustive) == "exhaustive top-1 found in 1 of 2 seeds; trial-steps 28 of 40 (70%)"
+    unscored = vs_trl.by_trial([{"trial": "0", "seed": 0, "score": None, "steps": 4}])
+    assert vs_trl.pruning_summary(unscored, unscored).startswith("exhaustive top-1 found in 0 of 1 seeds")
