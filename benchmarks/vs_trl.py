@@ -251,13 +251,6 @@ def layersweep_sweep(args: argparse.Namespace, seeds: list[int], parallel: int, 
 
 
 # -- the report -------------------------------------------------------------------------------------------------
-def best_layer(scores: dict[str, float | None]) -> str | None:
-    """The best-scoring single layer of {trial: score} (base, full and unscored trials left out; ties go to the
-    lower layer), None when no layer was scored."""
-    layers = {t: s for t, s in scores.items() if t not in ("base", "full") and s is not None}
-    return max(layers, key=lambda t: (layers[t], -int(t))) if layers else None
-
-
 def top1(results: dict) -> str:
     """The best single layer by mean score over the seeds, and that score, as each system's ranking puts it first.
     Where that layer was not scored in every seed (early-stopped in some), how many seeds the mean is over."""
@@ -269,10 +262,27 @@ def top1(results: dict) -> str:
     return f"{best} ({results[best]['score']:.3f}{'' if scored == len(scores) else f', {scored} of {len(scores)} seeds'})"
 
 
+def ranked_layers(scores: dict[str, float | None]) -> list[str]:
+    """The scored single layers of {trial: score}, best first (ties: the lower layer first)."""
+    layers = {t: s for t, s in scores.items() if t not in ("base", "full") and s is not None}
+    return sorted(layers, key=lambda t: (-layers[t], int(t)))
+
+
+def best_layer(scores: dict[str, float | None]) -> str | None:
+    """The best-scoring single layer of {trial: score} (base, full and unscored trials left out; ties go to the
+    lower layer), None when no layer was scored."""
+    return next(iter(ranked_layers(scores)), None)
+
+
+def ranked_layers_per_seed(results: dict) -> dict[int, list[str]]:
+    """{seed: that seed's scored single layers, best first}."""
+    seeds = sorted({seed for r in results.values() for seed in r["scores"]})
+    return {seed: ranked_layers({t: r["scores"].get(seed) for t, r in results.items()}) for seed in seeds}
+
+
 def best_layer_per_seed(results: dict) -> dict[int, str | None]:
     """{seed: that seed's best single layer} (None where the seed scored no layer)."""
-    seeds = sorted({seed for r in results.values() for seed in r["scores"]})
-    return {seed: best_layer({t: r["scores"].get(seed) for t, r in results.items()}) for seed in seeds}
+    return {seed: next(iter(ranked), None) for seed, ranked in ranked_layers_per_seed(results).items()}
 
 
 def top1_per_seed(results: dict) -> str:
@@ -282,11 +292,14 @@ def top1_per_seed(results: dict) -> str:
 
 def pruning_summary(pruned: dict, exhaustive: dict) -> str:
     """How a pruned sweep (probe top-m, early stopping) did against the exhaustive one on the same seeds: in how
-    many seeds its top-1 is the exhaustive top-1, and its trial-steps as a share of the exhaustive ones."""
-    found, best = best_layer_per_seed(pruned), best_layer_per_seed(exhaustive)
-    hits = sum(layer is not None and found.get(seed) == layer for seed, layer in best.items())
+    many seeds its top-1 is the exhaustive top-1, how many of each seed's exhaustive top-3 layers it ranked in its
+    own top-3, and its trial-steps as a share of the exhaustive ones."""
+    found, best = ranked_layers_per_seed(pruned), ranked_layers_per_seed(exhaustive)
+    hits = sum(bool(ranked) and found.get(seed, [])[:1] == ranked[:1] for seed, ranked in best.items())
+    top3 = sum(len(set(found.get(seed, [])[:3]) & set(ranked[:3])) for seed, ranked in best.items())
     spent, total = (sum(r.get("steps", 0) for r in results.values()) for results in (pruned, exhaustive))
-    return f"exhaustive top-1 found in {hits} of {len(best)} seeds; trial-steps {spent} of {total} ({spent / total:.0%})"
+    return (f"exhaustive top-1 found in {hits} of {len(best)} seeds, top-3 layers {top3} of "
+            f"{sum(len(ranked[:3]) for ranked in best.values())}; trial-steps {spent} of {total} ({spent / total:.0%})")
 
 
 def _number(results: dict, trial: str, key: str, width: int) -> str:

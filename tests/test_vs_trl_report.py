@@ -61,6 +61,7 @@ def test_a_pruned_sweep_is_judged_per_seed_against_the_exhaustive_one(vs_trl):
         {"trial": "0", "seed": 0, "score": None, "steps": 4}, {"trial": "1", "seed": 0, "score": 0.6, "steps": 10},
         {"trial": "0", "seed": 1, "score": 0.5, "steps": 10}, {"trial": "1", "seed": 1, "score": None, "steps": 4},
     ])
-    assert vs_trl.pruning_summary(pruned, exhaustive) == "exhaustive top-1 found in 1 of 2 seeds; trial-steps 28 of 40 (70%)"
+    assert vs_trl.pruning_summary(pruned, exhaustive) == ("exhaustive top-1 found in 1 of 2 seeds, top-3 layers 2 of 4; "
+                                                          "trial-steps 28 of 40 (70%)")
     unscored = vs_trl.by_trial([{"trial": "0", "seed": 0, "score": None, "steps": 4}])
     assert vs_trl.pruning_summary(unscored, unscored).startswith("exhaustive top-1 found in 0 of 1 seeds")
