@@ -15,9 +15,9 @@ step time of the full / first / last layer trial, the scores and both top-1 laye
 With `--seeds` (default: the config's seeds), every trial of both systems runs once per seed (the peer with that
 seed's prompt order and TRL seed, layersweep as one sweep with `seeds=[...]`); a trial's score is its mean over the
 seeds it was scored in (a pruned sweep's layer may be stopped in some: the top-1 column then says over how many),
-its step time the median of the seeds' medians, and the table also gives each system's top-1 layer per seed. One seed's top-1 can
-flip between two layers whose scores are within evaluation noise (2xSE of one 400-prompt score is ~0.05), so the
-systems' top-1 layers are compared on the mean.
+its step time the median of the seeds' medians, and the table also gives each system's top-1 layer per seed.
+One seed's top-1 can flip between two layers whose scores are within evaluation noise (2xSE of one 400-prompt
+score is ~0.05), so the systems' top-1 layers are compared on the mean.
 
 TRL's settings: `loss_type="dapo"` (token mean over the whole batch, as layersweep's token-mean),
 `scale_rewards="group"` (the GRPO std), beta = kl_beta, epsilon / epsilon_high = the clip range,
@@ -189,7 +189,8 @@ def by_trial(results: list[dict]) -> dict:
     return {trial: merge_seeds(per_seed) for trial, per_seed in trials.items()}
 
 
-def peer_sweep(args: argparse.Namespace, trials: list[str], seeds: list[int], model_dir: str, parallel: int) -> tuple[float, dict]:
+def peer_sweep(args: argparse.Namespace, trials: list[str], seeds: list[int], model_dir: str,
+               parallel: int) -> tuple[float, dict]:
     """(wall seconds, {trial: result merged over seeds}) of the peer loop: every trial once per seed, `parallel`
     fresh processes at a time."""
     def one(job: tuple[str, int]) -> dict:
@@ -208,7 +209,8 @@ def peer_sweep(args: argparse.Namespace, trials: list[str], seeds: list[int], mo
     return time.perf_counter() - started, by_trial(results)
 
 
-def layersweep_sweep(args: argparse.Namespace, seeds: list[int], parallel: int, variant: dict | None = None) -> tuple[float, dict]:
+def layersweep_sweep(args: argparse.Namespace, seeds: list[int], parallel: int,
+                     variant: dict | None = None) -> tuple[float, dict]:
     """(wall seconds, {trial: result merged over seeds}) of `layersweep run` on the config with `seeds`, as a
     subprocess of this run; `variant`: further `--set` overrides (e.g. a probe-then-train or early-stopped sweep)."""
     from orchestrator.results import load_results, trial_dir

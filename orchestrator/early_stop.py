@@ -148,8 +148,8 @@ class LayerTrialsSyncHalving(FIFOScheduler):
 
     def _stop_idle_losers(self, tune_controller: Any) -> None:
         """Stop each trial that lost at a check once it is idle: once Tune has finished pausing it, or, in a resumed
-        sweep, before it starts again (it is PENDING then). Stopped while its pause was still saving, the pause's completion
-        would set it PAUSED again: it would end the sweep neither stopped nor done."""
+        sweep, before it starts again (it is PENDING then). Stopped while its pause was still saving, the pause's
+        completion would set it PAUSED again: it would end the sweep neither stopped nor done."""
         for name in list(self.to_stop):
             trial = self.trials.get(name)
             if trial is None or trial.status in (Trial.TERMINATED, Trial.ERROR):
@@ -207,7 +207,7 @@ def _lost_before_resume(trial: Any) -> bool:
     path = _loss_record(trial)
     if not path.exists():
         return False
-    if json.loads(path.read_text())["trial_id"] == trial.trial_id:
+    if json.loads(path.read_text()).get("trial_id") == trial.trial_id:
         return True
     path.unlink()
     return False
