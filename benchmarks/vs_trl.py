@@ -57,7 +57,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # before benchmarks/, whose rollout.py would shadow the rollout package
 
-from orchestrator.config import SweepConfig, load_sweep_config  # noqa: E402
+from comparison_table import best_layer, by_trial, mean_scores, pruning_summary, report  # noqa: E402
+from orchestrator.config import ConfigError, SweepConfig, load_sweep_config  # noqa: E402
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 """Each peer run gets one torch thread, as each layersweep trial does with `cpus_per_trial: 1`."""
@@ -68,6 +69,8 @@ def config_overrides(args: argparse.Namespace) -> dict:
     overrides = {}
     if args.seed is not None:
         overrides["seed"] = args.seed
+    if args.seeds is not None:
+        overrides["seeds"] = args.seeds
     if args.steps is not None:
         overrides["budget.steps"] = args.steps
     if args.layers is not None:
@@ -170,25 +173,6 @@ def run_peer_trial(cfg: SweepConfig, model_dir: str, trial: str) -> dict:
 
 
 # -- the two sweeps ---------------------------------------------------------------------------------------------
-def merge_seeds(per_seed: list[dict]) -> dict:
-    """One trial's results on several seeds as one result: `score` the mean of the scored seeds (None when none was
-    scored, e.g. early-stopped in every seed), `step_s` the median of the seeds' median step times, `steps` their sum,
-    and `scores` {seed: score or None}."""
-    scored = [r["score"] for r in per_seed if r.get("score") is not None]
-    steps = [r["step_s"] for r in per_seed if r.get("step_s") is not None]
-    return {"trial": per_seed[0]["trial"], "score": statistics.fmean(scored) if scored else None,
-            "step_s": statistics.median(steps) if steps else None, "steps": sum(r.get("steps", 0) for r in per_seed),
-            "scores": {r["seed"]: r.get("score") for r in per_seed}}
-
-
-def by_trial(results: list[dict]) -> dict:
-    """{trial: merged result} from one result per (trial, seed)."""
-    trials: dict[str, list[dict]] = {}
-    for result in results:
-        trials.setdefault(result["trial"], []).append(result)
-    return {trial: merge_seeds(per_seed) for trial, per_seed in trials.items()}
-
-
 def peer_sweep(args: argparse.Namespace, trials: list[str], seeds: list[int], model_dir: str,
                parallel: int) -> tuple[float, dict]:
     """(wall seconds, {trial: result merged over seeds}) of the peer loop: every trial once per seed, `parallel`
@@ -209,15 +193,15 @@ def peer_sweep(args: argparse.Namespace, trials: list[str], seeds: list[int], mo
     return time.perf_counter() - started, by_trial(results)
 
 
-def layersweep_sweep(args: argparse.Namespace, seeds: list[int], parallel: int,
-                     variant: dict | None = None) -> tuple[float, dict]:
-    """(wall seconds, {trial: result merged over seeds}) of `layersweep run` on the config with `seeds`, as a
-    subprocess of this run; `variant`: further `--set` overrides (e.g. a probe-then-train or early-stopped sweep)."""
-    from orchestrator.results import load_results, trial_dir
+def layersweep_sweep(args: argparse.Namespace, parallel: int, variant: dict | None = None) -> tuple[float, dict]:
+    """(wall seconds, {trial: result merged over seeds}) of `layersweep run` on the config (its seeds: `--seeds`
+    where given), as a subprocess of this run; `variant`: further `--set` overrides (e.g. a probe-then-train or
+    early-stopped sweep)."""
+    from orchestrator.results import FINISHED, load_results, trial_dir
     from workers.trial_files import METRICS_FILE
 
     with tempfile.TemporaryDirectory() as out:
-        sets = {**config_overrides(args), **(variant or {}), "name": "vs-trl", "output_dir": out, "seeds": seeds}
+        sets = {**config_overrides(args), **(variant or {}), "name": "vs-trl", "output_dir": out}
         early_stop = (variant or {}).get("early_stop")
         if isinstance(early_stop, dict) and early_stop.get("synchronous"):
             # Synchronous halving refuses max_concurrent_trials (Tune counts paused trials against it); the CPUs
@@ -242,88 +226,13 @@ def layersweep_sweep(args: argparse.Namespace, seeds: list[int], parallel: int,
         results = []
         for row in load_results(sweep_dir).itertuples():
             trial = str(row.layer) if row.kind == "layers" else row.kind
-            scored = row.status in ("done", "no_learning") and row.score == row.score  # a failed row's score is NaN
-            result = {"trial": trial, "seed": int(row.seed), "score": row.score if scored else None}
+            result = {"trial": trial, "seed": int(row.seed), "score": row.score if row.status in FINISHED else None}
             if row.kind != "base":
                 lines = (trial_dir(sweep_dir, row.trial) / METRICS_FILE).read_text().splitlines()
                 result["step_s"] = statistics.median(json.loads(line)["step_seconds"] for line in lines)
                 result["steps"] = len(lines)
             results.append(result)
     return wall, by_trial(results)
-
-
-# -- the report -------------------------------------------------------------------------------------------------
-def top1(results: dict) -> str:
-    """The best single layer by mean score over the seeds, and that score, as each system's ranking puts it first.
-    Where that layer was not scored in every seed (early-stopped in some), how many seeds the mean is over."""
-    best = best_layer({t: r["score"] for t, r in results.items()})
-    if best is None:
-        return "-"
-    scores = results[best]["scores"].values()
-    scored = sum(score is not None for score in scores)
-    return f"{best} ({results[best]['score']:.3f}{'' if scored == len(scores) else f', {scored} of {len(scores)} seeds'})"
-
-
-def ranked_layers(scores: dict[str, float | None]) -> list[str]:
-    """The scored single layers of {trial: score}, best first (ties: the lower layer first)."""
-    layers = {t: s for t, s in scores.items() if t not in ("base", "full") and s is not None}
-    return sorted(layers, key=lambda t: (-layers[t], int(t)))
-
-
-def best_layer(scores: dict[str, float | None]) -> str | None:
-    """The best-scoring single layer of {trial: score} (base, full and unscored trials left out; ties go to the
-    lower layer), None when no layer was scored."""
-    return next(iter(ranked_layers(scores)), None)
-
-
-def ranked_layers_per_seed(results: dict) -> dict[int, list[str]]:
-    """{seed: that seed's scored single layers, best first}."""
-    seeds = sorted({seed for r in results.values() for seed in r["scores"]})
-    return {seed: ranked_layers({t: r["scores"].get(seed) for t, r in results.items()}) for seed in seeds}
-
-
-def best_layer_per_seed(results: dict) -> dict[int, str | None]:
-    """{seed: that seed's best single layer} (None where the seed scored no layer)."""
-    return {seed: next(iter(ranked), None) for seed, ranked in ranked_layers_per_seed(results).items()}
-
-
-def top1_per_seed(results: dict) -> str:
-    """Each seed's best single layer, e.g. `1 / 1 / 0` for seeds 0, 1, 2 (`-` where the seed scored no layer)."""
-    return " / ".join(layer or "-" for layer in best_layer_per_seed(results).values())
-
-
-def pruning_summary(pruned: dict, exhaustive: dict) -> str:
-    """How a pruned sweep (probe top-m, early stopping) did against the exhaustive one on the same seeds: in how
-    many seeds its top-1 is the exhaustive top-1, how many of each seed's exhaustive top-3 layers it ranked in its
-    own top-3, and its trial-steps as a share of the exhaustive ones."""
-    found, best = ranked_layers_per_seed(pruned), ranked_layers_per_seed(exhaustive)
-    hits = sum(bool(ranked) and found.get(seed, [])[:1] == ranked[:1] for seed, ranked in best.items())
-    top3 = sum(len(set(found.get(seed, [])[:3]) & set(ranked[:3])) for seed, ranked in best.items())
-    spent, total = (sum(r.get("steps", 0) for r in results.values()) for results in (pruned, exhaustive))
-    return (f"exhaustive top-1 found in {hits} of {len(best)} seeds, top-3 layers {top3} of "
-            f"{sum(len(ranked[:3]) for ranked in best.values())}; trial-steps {spent} of {total} ({spent / total:.0%})")
-
-
-def _number(results: dict, trial: str, key: str, width: int) -> str:
-    """A trial's value right-aligned in `width`; `-` for a trial the system did not run or did not score (a layer
-    the probe left out, an early-stopped trial)."""
-    value = results.get(trial, {}).get(key)
-    return f"{value:>{width}.3f}" if value is not None else f"{'-':>{width}}"
-
-
-def report(systems: dict[str, tuple[float, dict]], layers: list[int]) -> str:
-    """One row per system (wall, median step of full / first / last layer, scores, top-1), then every score."""
-    first, last = str(layers[0]), str(layers[-1])
-    lines = [f"{'system':<44}{'sweep wall s':>13}{'step full':>11}{'step L' + first:>9}{'step L' + last:>9}"
-             f"{'S_base':>8}{'S_full':>8}{'trial-steps':>12}  top-1 layer (mean)  per seed"]
-    for name, (wall, results) in systems.items():
-        steps = "".join(_number(results, t, "step_s", width) for t, width in (("full", 11), (first, 9), (last, 9)))
-        lines.append(f"{name:<44}{wall:>13.1f}{steps}{_number(results, 'base', 'score', 8)}{_number(results, 'full', 'score', 8)}"
-                     f"{sum(r.get('steps', 0) for r in results.values()):>12}  {top1(results):<18}  {top1_per_seed(results)}")
-    lines.append("\nheld-out score per trial (mean over seeds)\n" + f"{'trial':<8}" + "".join(f"{name[:42]:>44}" for name in systems))
-    for trial in ["base", "full", *map(str, layers)]:
-        lines.append(f"{trial:<8}" + "".join(_number(results, trial, "score", 44) for _, results in systems.values()))
-    return "\n".join(lines)
 
 
 def main() -> None:
@@ -343,7 +252,10 @@ def main() -> None:
     parser.add_argument("--peer-trial", help=argparse.SUPPRESS)  # a child process: run this one TRL trial
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    cfg = load_sweep_config(args.config, config_overrides(args))
+    try:
+        cfg = load_sweep_config(args.config, config_overrides(args))
+    except ConfigError as error:  # e.g. `--seeds 0 0`: the config's own one-line check
+        raise SystemExit(str(error)) from None
     if args.peer_trial:
         print(json.dumps(run_peer_trial(cfg, args.model_dir, args.peer_trial)))
         return
@@ -359,9 +271,7 @@ def main() -> None:
     engine = resolve_engine_name(cfg.rollout, sum(p.numel() for p in load_model_and_tokenizer(model_dir)[0].parameters()))
     layers = candidate_layers(cfg.layers, AutoConfig.from_pretrained(model_dir).num_hidden_layers)
     trials = ["base", "full", *map(str, layers)]
-    seeds = args.seeds or cfg.seed_list
-    if len(set(seeds)) != len(seeds):
-        raise SystemExit(f"--seeds {seeds} repeats a seed")
+    seeds = cfg.seed_list
     print(f"{args.config}: base + full + layers {layers}, {cfg.budget.steps} steps, seeds {seeds}, model {model_dir}", flush=True)
     systems = {}
     if not args.skip_sequential:
@@ -369,15 +279,15 @@ def main() -> None:
     systems[f"TRL loop, {args.parallel} at a time"] = peer = peer_sweep(args, trials, seeds, model_dir, args.parallel)
     ours = {}
     if not args.skip_layersweep:
-        ours[f"layersweep (engine {engine})"] = layersweep_sweep(args, seeds, args.parallel)
+        ours[f"layersweep (engine {engine})"] = layersweep_sweep(args, args.parallel)
     for text in args.variant:
         variant = dict(parse_override(part) for part in text.split(";"))
-        ours[f"layersweep + {text}"] = layersweep_sweep(args, seeds, args.parallel, variant)
+        ours[f"layersweep + {text}"] = layersweep_sweep(args, args.parallel, variant)
     print(report({**systems, **ours}, layers))
-    peer_top1 = best_layer({t: r["score"] for t, r in peer[1].items()})
+    peer_top1 = best_layer(mean_scores(peer[1]))
     exhaustive = next(iter(ours.values()))[1] if not args.skip_layersweep else None
     for index, (name, (wall, results)) in enumerate(ours.items()):
-        same = best_layer({t: r["score"] for t, r in results.items()}) == peer_top1
+        same = best_layer(mean_scores(results)) == peer_top1
         pruned = f"; {pruning_summary(results, exhaustive)}" if exhaustive is not None and index > 0 else ""
         print(f"TRL {args.parallel}-at-a-time wall / {name} wall: {peer[0] / wall:.2f}x; "
               f"same top-1 layer (mean over seeds {seeds}): {'yes' if same else 'no'}{pruned}")
